@@ -1,0 +1,1 @@
+"""Meshmarket consumer package."""

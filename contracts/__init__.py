@@ -1,0 +1,1 @@
+"""Solidity sources, committed build artifacts, compile and deploy code."""

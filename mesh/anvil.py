@@ -1,0 +1,116 @@
+"""Start and stop a local Anvil node from the npm package @foundry-rs/anvil.
+
+Used by `mesh chain up`, `mesh demo`, the test fixtures and the benchmarks: one way to start the
+chain, with the port free-checked, readiness awaited (bounded) and the process always reaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.errors import ChainError, ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Anvil's ten funded dev accounts come from this well-known mnemonic; their keys are public,
+#: so they are accepted only on the local chain (chain id 31337).
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def _platform_package() -> str:
+    system = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}.get(platform.system(), "linux")
+    arch = {"x86_64": "amd64", "AMD64": "amd64", "arm64": "arm64", "aarch64": "arm64"}.get(platform.machine(), "amd64")
+    return f"anvil-{system}-{arch}"
+
+
+def find_anvil() -> Path:
+    """The native binary inside the npm package (no node shim in between, so kill() reaches it)."""
+    root = Path(os.environ.get("MESH_NODE_ROOT", REPO_ROOT))
+    candidates = [
+        root / "node_modules" / "@foundry-rs" / _platform_package() / "bin" / "anvil",
+        root / "node_modules" / ".bin" / "anvil",
+    ]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ConfigError("Anvil is not installed", "run the README's set-up command (it runs `npm ci`)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rpc_call(url: str, method: str, params: list | None = None, timeout: float = 2.0):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        reply = json.loads(resp.read())
+    if "error" in reply:
+        raise ChainError(f"{method} failed: {reply['error'].get('message')}")
+    return reply["result"]
+
+
+@dataclass
+class AnvilProcess:
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+
+    def __enter__(self) -> AnvilProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_anvil(port: int | None = None, *, ready_timeout: float = 15.0, detach: bool = False,
+                log_path: Path | None = None) -> AnvilProcess:
+    """Start Anvil on 127.0.0.1:port (a free port when None) and wait until it answers."""
+    port = port or free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise ConfigError(f"port {port} is already in use", "pick another with --port, or stop what runs there")
+    cmd = [str(find_anvil()), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
+           "--chain-id", "31337"]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=detach)
+    finally:
+        if log_path:
+            out.close()
+    handle = AnvilProcess(proc, port)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ChainError(f"Anvil exited with code {proc.returncode} before answering on port {port}")
+        try:
+            rpc_call(handle.url, "eth_chainId", timeout=0.5)
+            return handle
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            time.sleep(0.05)
+    handle.stop()
+    raise ChainError(f"Anvil did not answer on port {port} within {ready_timeout:.0f} s")

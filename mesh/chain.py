@@ -1,0 +1,305 @@
+"""Chain gateway: the one place that talks to the EVM node (web3.py, synchronous).
+
+It connects and checks the node, deploys the three contracts, signs transactions locally with
+eth-account, and turns every revert into a typed `ContractReverted` carrying a sentence that says
+what to do (`decode_revert`). Provider, consumer and ledger code use `Chain`, never raw web3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
+
+from contracts.compile import load_artifact
+from mesh.config import Deployment, MarketParams
+from mesh.errors import ChainError, ContractReverted, NodeUnreachable, NotDeployed, WrongChain
+from mesh.types import format_amount
+
+RECEIPT_TIMEOUT = 60.0
+
+
+def connect(url: str, timeout: float = 10.0) -> Web3:
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    try:
+        w3.eth.chain_id  # noqa: B018 — the cheapest call that proves a node answers
+    except Exception as exc:  # requests raises many types; all mean the same to the user
+        raise NodeUnreachable(
+            f"no Ethereum node answers at {url}",
+            "start one with `mesh chain up`, or pass --rpc / set MESH_RPC_URL",
+        ) from exc
+    return w3
+
+
+# ------------------------------------------------------------------------------ revert decoding
+
+#: name -> (sentence template over the error's named args, what to do). One table for all
+#: contracts, so every revert reads the same from the CLI, the provider and the consumer.
+_MESSAGES: dict[str, tuple[str, str]] = {
+    "ERC20InsufficientBalance": ("balance {balance} is below the {needed} needed", "get tokens first (`mesh token faucet` on the local chain)"),
+    "ERC20InsufficientAllowance": ("allowance {allowance} is below the {needed} needed", "approve the contract to spend your tokens (`mesh token approve`)"),
+    "ERC20ExceededCap": ("minting would pass the supply cap {cap}", "mint less"),
+    "OwnableUnauthorizedAccount": ("{account} is not the token owner", "mint with the deployer's account"),
+    "SafeERC20FailedOperation": ("the token refused a transfer", "check the token contract"),
+    "ReentrancyGuardReentrantCall": ("reentrant call refused", "do not call back into the market while it runs"),
+    "NotDeployer": ("only the deployer may bind the market", "use the deploying account"),
+    "MarketAlreadyBound": ("the registry is already bound to a market", "deploy a new registry"),
+    "OnlyMarket": ("only the market contract may lock, release or slash stake", "go through the market"),
+    "ZeroAmount": ("the amount is zero", "pass a positive amount"),
+    "ZeroHash": ("model hash and manifest hash must be non-zero", "register with a real model file"),
+    "ZeroPrice": ("the price per token must be positive", "pass --price N (base units per output token)"),
+    "NotRegistered": ("provider {provider} is not registered for any model", "register it (`mesh provider register`) or choose another provider"),
+    "WrongModel": ("provider {provider} does not serve this model", "choose a provider registered for the model"),
+    "PriceAboveCap": ("provider {provider} charges {price} per token, above the cap {cap}", "raise --max-price or choose a cheaper provider"),
+    "InsufficientFreeStake": ("provider {provider} has {free} free stake, {needed} is needed", "stake more (`mesh provider register --stake`) or wait for open jobs to close"),
+    "NothingThawing": ("no stake is thawing", "request an unstake first (`mesh provider unstake N`)"),
+    "StillThawing": ("the stake is still thawing until unix time {readyAt}", "withdraw after that time"),
+    "NothingOwed": ("no earnings to withdraw", "serve jobs first"),
+    "BadMaxTokens": ("max tokens {maxTokens} is out of range", "use 1 to 1048576"),
+    "ZeroPriceCap": ("the price cap is zero", "pass a positive --max-price"),
+    "DuplicateProvider": ("provider {provider} is listed twice", "choose three distinct providers"),
+    "ConsumerIsProvider": ("the consumer cannot be one of its own providers", "choose providers other than your own account"),
+    "JobExists": ("a job with id {jobId} already exists", "use a fresh salt"),
+    "JobNotOpen": ("job {jobId} is not open (never opened, or already settled)", "check the job id; a settled job cannot be settled again"),
+    "JobMismatch": ("the job parameters do not match job {jobId} on-chain", "pass the parameters from the JobOpened event"),
+    "NotConsumer": ("only the job's consumer may do this", "use the consumer's account"),
+    "NotProvider": ("the sender is not the job's provider #{index}", "use that provider's account"),
+    "BadIndex": ("provider index {index} is out of range", "use 0, 1 or 2"),
+    "TooEarly": ("too early: this is allowed from unix time {opensAt}", "wait until then"),
+    "TooLate": ("too late: this closed at unix time {closedAt}", "use the next path of the job (commit/reveal, then finalize)"),
+    "BadSignature": ("the signature of provider #{index} is invalid or not from that provider", "submit the provider's own EIP-712 signed result"),
+    "MissingResult": ("provider #{index}'s result is missing before the delivery deadline", "wait for it, replace the provider, or settle after the delivery window"),
+    "AlreadyCommitted": ("provider #{index} has committed a result on-chain", "include its signed result, or let the job go to reveal and finalize"),
+    "NoCommitment": ("provider #{index} made no commitment", "commit before the commit deadline"),
+    "CommitmentMismatch": ("the revealed result does not match provider #{index}'s commitment", "reveal exactly what was committed, with the same salt"),
+    "AlreadyRevealed": ("provider #{index} has already revealed", "nothing more to do: finalize after the reveal window"),
+    "NothingToWithdraw": ("no credit to withdraw", "refunds appear here after jobs settle"),
+    "PayAboveEscrow": ("pay {paid} would exceed the escrow {escrow}", "this is a bug: report it"),
+}
+
+_PANICS = {0x01: "assertion failed", 0x11: "arithmetic overflow or underflow", 0x12: "division by zero",
+           0x32: "array index out of bounds"}
+
+
+@dataclass(frozen=True)
+class _ErrorSig:
+    name: str
+    types: list[str]
+    names: list[str]
+
+
+def _abi_type(inp: dict) -> str:
+    if inp["type"].startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
+    return inp["type"]
+
+
+class RevertDecoder:
+    """Maps 4-byte selectors of every custom error in our ABIs to a typed, worded error."""
+
+    def __init__(self, abis: list[list[dict]]) -> None:
+        self._sigs: dict[bytes, _ErrorSig] = {}
+        for abi in abis:
+            for item in abi:
+                if item.get("type") != "error":
+                    continue
+                types = [_abi_type(i) for i in item["inputs"]]
+                selector = keccak(text=f"{item['name']}({','.join(types)})")[:4]
+                self._sigs[selector] = _ErrorSig(item["name"], types, [i["name"] for i in item["inputs"]])
+
+    def decode(self, data: bytes | str | None, action: str = "transaction") -> ContractReverted:
+        raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else (data or b"")
+        if len(raw) < 4:
+            return ContractReverted(f"{action} reverted without a reason", "check the arguments and the chain state")
+        selector, body = raw[:4], raw[4:]
+        if selector == keccak(text="Error(string)")[:4]:
+            (reason,) = abi_decode(["string"], body)
+            return ContractReverted(f"{action} reverted: {reason}", None, "Error", (reason,))
+        if selector == keccak(text="Panic(uint256)")[:4]:
+            (code,) = abi_decode(["uint256"], body)
+            return ContractReverted(f"{action} failed: {_PANICS.get(code, f'panic {code:#x}')}", "this is a bug: report it", "Panic", (code,))
+        sig = self._sigs.get(selector)
+        if sig is None:
+            return ContractReverted(f"{action} reverted with unknown error 0x{raw[:4].hex()}", "check the contract addresses")
+        values = tuple(to_checksum_address(v) if t == "address" else v for t, v in zip(sig.types, abi_decode(sig.types, body)))
+        shown = {n: _show(v) for n, v in zip(sig.names, values)}
+        template, hint = _MESSAGES.get(sig.name, (sig.name, None))
+        return ContractReverted(f"{action} refused: " + template.format(**shown), hint, sig.name, tuple(values))
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bytes):
+        return "0x" + v.hex()
+    return str(v)
+
+
+# ------------------------------------------------------------------------------ gateway
+
+class Chain:
+    """A connected node plus the deployed token, registry and market contracts."""
+
+    def __init__(self, w3: Web3, deployment: Deployment) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.chain_id = w3.eth.chain_id
+        arts = {n: load_artifact(n) for n in ("MeshToken", "ProviderRegistry", "JobMarket")}
+        self.token = w3.eth.contract(address=to_checksum_address(deployment.token), abi=arts["MeshToken"]["abi"])
+        self.registry = w3.eth.contract(address=to_checksum_address(deployment.registry), abi=arts["ProviderRegistry"]["abi"])
+        self.market = w3.eth.contract(address=to_checksum_address(deployment.market), abi=arts["JobMarket"]["abi"])
+        self.decoder = RevertDecoder([a["abi"] for a in arts.values()])
+        #: When set, transactions skip eth_estimateGas and use this limit (tests pin block
+        #: timestamps with evm_setNextBlockTimestamp, which estimation does not see).
+        self.fixed_gas: int | None = None
+
+    @classmethod
+    def open(cls, deployment: Deployment, rpc_url: str | None = None) -> Chain:
+        """Connect and check that this node is the chain the deployment was made on."""
+        w3 = connect(rpc_url or deployment.rpc_url)
+        chain_id = w3.eth.chain_id
+        if chain_id != deployment.chain_id:
+            raise WrongChain(
+                f"the node at {rpc_url or deployment.rpc_url} is chain {chain_id}, the deployment is on chain {deployment.chain_id}",
+                "point --rpc at the right node, or run `mesh contracts deploy` on this one",
+            )
+        try:
+            block = w3.eth.get_block(deployment.block)
+            same = block["hash"].to_0x_hex() == deployment.block_hash
+        except Exception:  # block does not exist yet: a younger chain than the deployment
+            same = False
+        if not same or w3.eth.get_code(to_checksum_address(deployment.market)) in (b"", None):
+            raise NotDeployed(
+                "the contracts recorded in the deployment are not on this chain (a restarted Anvil?)",
+                "run `mesh contracts deploy` again",
+            )
+        return cls(w3, deployment)
+
+    # -- transactions
+
+    def transact(self, account: LocalAccount, fn, *, action: str | None = None, gas: int | None = None) -> dict:
+        """Sign `fn` locally with `account`, send it, wait for the receipt. Reverts raise ContractReverted."""
+        return send(self.w3, account, fn, self.decoder, action=action or _fn_name(fn), gas=gas or self.fixed_gas,
+                    chain_id=self.chain_id)
+
+    def call(self, fn, *, sender: str | None = None):
+        try:
+            return fn.call({"from": sender} if sender else {})
+        except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
+            raise self.decoder.decode(_revert_data(exc), _fn_name(fn)) from exc
+
+    # -- common reads
+
+    def balance(self, address: str) -> int:
+        return self.token.functions.balanceOf(to_checksum_address(address)).call()
+
+    def allowance(self, owner: str, spender: str) -> int:
+        return self.token.functions.allowance(to_checksum_address(owner), to_checksum_address(spender)).call()
+
+    def ensure_allowance(self, account: LocalAccount, spender: str, amount: int) -> dict | None:
+        """Approve `spender` for `amount` if the current allowance is lower."""
+        if self.allowance(account.address, spender) >= amount:
+            return None
+        return self.transact(account, self.token.functions.approve(to_checksum_address(spender), amount))
+
+    def require_balance(self, address: str, amount: int, what: str) -> None:
+        have = self.balance(address)
+        if have < amount:
+            raise ChainError(
+                f"{what} needs {format_amount(amount)}, {address} holds {format_amount(have)}",
+                "get tokens first (`mesh token faucet` on the local chain)",
+            )
+
+    @cached_property
+    def abis(self) -> dict[str, list]:
+        return {"token": self.token.abi, "registry": self.registry.abi, "market": self.market.abi}
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "fn_name", None) or getattr(fn, "abi_element_identifier", "transaction")
+
+
+def _revert_data(exc: Exception) -> str | None:
+    data = getattr(exc, "data", None)
+    if isinstance(data, dict):
+        data = data.get("data")
+    return data if isinstance(data, str) else None
+
+
+def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action: str, gas: int | None = None,
+         chain_id: int | None = None) -> dict:
+    params: dict[str, Any] = {
+        "from": account.address,
+        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        "chainId": chain_id or w3.eth.chain_id,
+    }
+    if gas is not None:
+        params["gas"] = gas
+    try:
+        tx = fn.build_transaction(params)  # estimates gas: a revert surfaces here, before signing
+    except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
+        raise decoder.decode(_revert_data(exc), action) from exc
+    except Web3RPCError as exc:
+        raise ChainError(f"{action}: the node refused the transaction ({exc})") from exc
+    signed = account.sign_transaction(tx)
+    try:
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    except Web3RPCError as exc:
+        if "insufficient funds" in str(exc).lower():
+            raise ChainError(f"{action}: {account.address} cannot pay for gas", "fund the account with ETH") from exc
+        raise ChainError(f"{action}: the node refused the transaction ({exc})") from exc
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.01)
+    if receipt["status"] != 1:
+        # Replay at the block to learn the reason (state moved between estimate and inclusion).
+        try:
+            w3.eth.call({k: tx[k] for k in ("from", "to", "data")}, receipt["blockNumber"])
+        except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
+            raise decoder.decode(_revert_data(exc), action) from exc
+        raise ContractReverted(f"{action} reverted (tx {tx_hash.to_0x_hex()})", "check the chain state")
+    return receipt
+
+
+# ------------------------------------------------------------------------------ deploy
+
+def deploy_contract(w3: Web3, account: LocalAccount, name: str, *args, decoder: RevertDecoder | None = None) -> tuple[str, dict]:
+    art = load_artifact(name)
+    factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+    receipt = send(w3, account, factory.constructor(*args), decoder or RevertDecoder([art["abi"]]), action=f"deploy {name}")
+    return receipt["contractAddress"], receipt
+
+
+def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams | None = None,
+           token_address: str | None = None) -> Deployment:
+    """Deploy token (unless given), registry and market, and bind them. Returns the record to save."""
+    params = params or MarketParams()
+    decoder = RevertDecoder([load_artifact(n)["abi"] for n in ("MeshToken", "ProviderRegistry", "JobMarket")])
+    if token_address is None:
+        token_address, _ = deploy_contract(w3, account, "MeshToken", account.address, decoder=decoder)
+    registry_address, _ = deploy_contract(
+        w3, account, "ProviderRegistry", token_address, params.thaw_period, params.min_job_lock,
+        params.collateral_ratio, decoder=decoder,
+    )
+    market_address, receipt = deploy_contract(
+        w3, account, "JobMarket", registry_address, params.delivery_window,
+        params.settle_window, params.commit_window, params.reveal_window, decoder=decoder,
+    )
+    registry = w3.eth.contract(address=registry_address, abi=load_artifact("ProviderRegistry")["abi"])
+    bind = send(w3, account, registry.functions.bindMarket(market_address), decoder, action="bindMarket")
+    block = w3.eth.get_block(bind["blockNumber"])
+    return Deployment(
+        chain_id=w3.eth.chain_id,
+        rpc_url=rpc_url,
+        token=token_address,
+        registry=registry_address,
+        market=market_address,
+        block=bind["blockNumber"],
+        block_hash=block["hash"].to_0x_hex(),
+        deployer=account.address,
+        params=params,
+    )
+
+

@@ -1,0 +1,120 @@
+"""Where Meshmarket keeps its files, and the settings every command shares.
+
+The user directory is $MESH_HOME, else click's per-user app dir ("meshmarket"). It holds:
+    deployment.json   the contracts this node talks to (written by `mesh contracts deploy`)
+    keystore/         eth-account encrypted keystores (never plain keys)
+    anvil.json        the local chain started by `mesh chain up --detach`
+    ledger.sqlite     the local SQL ledger
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mesh.errors import ConfigError, NotDeployed
+
+#: Anvil's default port: what a user who ran `mesh chain up` expects without flags.
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"
+ANVIL_CHAIN_ID = 31337
+
+
+def home() -> Path:
+    env = os.environ.get("MESH_HOME")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import click
+
+        path = Path(click.get_app_dir("meshmarket"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def rpc_url(explicit: str | None = None) -> str:
+    """--rpc flag, else $MESH_RPC_URL, else the deployment's URL, else Anvil's default."""
+    if explicit:
+        return explicit
+    env = os.environ.get("MESH_RPC_URL")
+    if env:
+        return env
+    path = home() / "deployment.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())["rpc_url"]
+        except (ValueError, KeyError):
+            pass
+    return DEFAULT_RPC_URL
+
+
+@dataclass(frozen=True)
+class MarketParams:
+    """Deployment parameters; every default carries its reason."""
+
+    #: A week, as in staking protocols: long enough that a slash for a job still open lands first.
+    thaw_period: int = 7 * 24 * 3600
+    #: 1 MESH (6 decimals): even a tiny job risks something real when it lies.
+    min_job_lock: int = 1_000_000
+    #: Each job locks twice the most it can earn: lying costs more than an honest answer earns.
+    collateral_ratio: int = 2
+    #: Providers answer in seconds; 10 min before a silent provider's share can be refunded.
+    delivery_window: int = 10 * 60
+    #: The consumer has an hour to settle before providers may settle themselves.
+    settle_window: int = 60 * 60
+    #: Then 30 min for providers to commit, and 30 min to reveal.
+    commit_window: int = 30 * 60
+    reveal_window: int = 30 * 60
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain_id: int
+    rpc_url: str
+    token: str
+    registry: str
+    market: str
+    block: int
+    block_hash: str
+    deployer: str
+    params: MarketParams = field(default_factory=MarketParams)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Deployment:
+        try:
+            params = MarketParams(**data.get("params", {}))
+            return cls(
+                chain_id=int(data["chain_id"]),
+                rpc_url=str(data["rpc_url"]),
+                token=str(data["token"]),
+                registry=str(data["registry"]),
+                market=str(data["market"]),
+                block=int(data["block"]),
+                block_hash=str(data["block_hash"]),
+                deployer=str(data["deployer"]),
+                params=params,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"deployment record is damaged ({exc})", "run `mesh contracts deploy` again") from exc
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or home() / "deployment.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)  # atomic: a crash never leaves half a deployment record
+        return path
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Deployment:
+        path = path or home() / "deployment.json"
+        if not path.exists():
+            raise NotDeployed(f"no deployment recorded at {path}", "run `mesh contracts deploy` first")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON", "run `mesh contracts deploy` again") from exc
+        return cls.from_dict(data)

@@ -1,0 +1,40 @@
+"""Typed names for the values that cross module and wire boundaries (after web3/types.py)."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+#: A checksummed 0x-prefixed Ethereum address.
+Address = NewType("Address", str)
+#: A job id: keccak256(abi.encode(consumer, salt)), 32 bytes.
+JobId = NewType("JobId", bytes)
+#: An amount of MESH in base units (6 decimals). Money is always an int, never a float.
+TokenAmount = NewType("TokenAmount", int)
+
+TOKEN_DECIMALS = 6
+TOKEN_SYMBOL = "MESH"
+
+
+def format_amount(amount: int) -> str:
+    """Base units -> '12.345678 MESH', exactly (integer arithmetic, no float rounding)."""
+    if not isinstance(amount, int):
+        raise TypeError("token amounts are integers (base units)")
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**TOKEN_DECIMALS)
+    return f"{sign}{whole:,}.{frac:0{TOKEN_DECIMALS}d} {TOKEN_SYMBOL}"
+
+
+def parse_amount(text: str) -> int:
+    """'1.5' or '1.5 MESH' -> 1500000 base units; '1500000u' -> 1500000. Refuses more than 6 decimals."""
+    t = text.strip().removesuffix(TOKEN_SYMBOL).strip().replace(",", "").replace("_", "")
+    if t.endswith("u"):
+        digits = t[:-1]
+        if not digits.isdigit():
+            raise ValueError(f"{text!r} is not a whole number of base units")
+        return int(digits)
+    if t.count(".") > 1 or not t.replace(".", "").isdigit():
+        raise ValueError(f"{text!r} is not an amount: write e.g. 12.5 (MESH) or 12500000u (base units)")
+    whole, _, frac = t.partition(".")
+    if len(frac) > TOKEN_DECIMALS:
+        raise ValueError(f"{text!r} has more than {TOKEN_DECIMALS} decimals")
+    return int(whole or "0") * 10**TOKEN_DECIMALS + int(frac.ljust(TOKEN_DECIMALS, "0") or "0")

@@ -1,0 +1,108 @@
+"""Fixtures that start real parts: Anvil on a free port (once per session, reverted to a snapshot
+around every test), the deployed contracts, funded and registered dev accounts, a temp MESH_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from eth_utils import keccak
+
+from mesh.anvil import start_anvil
+from mesh.chain import Chain, connect, deploy
+from mesh.config import MarketParams
+from mesh.keys import dev_account
+from mesh.market import MarketClient
+
+MODEL = keccak(b"test-model.gguf")
+OTHER_MODEL = keccak(b"other-model.gguf")
+PRICE = 10  # base units per output token
+FUNDS = 10**12  # minted to every dev account but the deployer
+STAKE = 10**9
+
+
+@pytest.fixture(autouse=True)
+def mesh_home(tmp_path, monkeypatch):
+    """Every test gets its own user directory: nothing leaks between tests or into ~/."""
+    monkeypatch.setenv("MESH_HOME", str(tmp_path / "mesh-home"))
+    monkeypatch.setenv("MESH_KDF_N", "16")  # cheap scrypt for throwaway test keystores
+    monkeypatch.delenv("MESH_RPC_URL", raising=False)
+    monkeypatch.delenv("MESH_PASSWORD", raising=False)
+    return tmp_path / "mesh-home"
+
+
+@dataclass
+class Market:
+    """The deployed market with four registered providers (P[0..3]) and two consumers."""
+
+    url: str
+    chain: Chain
+    mc: MarketClient
+    deployer: object
+    providers: list
+    consumer: object
+    consumer2: object
+    outsider: object
+
+    def rpc(self, method: str, params: list | None = None):
+        return self.chain.w3.provider.make_request(method, params or [])["result"]
+
+    def advance(self, seconds: int) -> None:
+        """Move the chain clock forward and mine, so the next tx sees the new time."""
+        self.rpc("evm_increaseTime", [seconds])
+        self.rpc("evm_mine")
+
+    def set_next_timestamp(self, ts: int) -> None:
+        """Pin the next block's timestamp. Gas estimation would run at another time, so the
+        next transactions use a fixed gas limit and their reverts are read from the receipt."""
+        self.rpc("evm_setNextBlockTimestamp", [ts])
+        self.chain.fixed_gas = 2_000_000
+
+    def now(self) -> int:
+        return self.chain.w3.eth.get_block("latest")["timestamp"]
+
+    def open(self, providers=None, max_tokens=100, price_cap=PRICE, consumer=None, **kw):
+        consumer = consumer or self.consumer
+        providers = providers or [p.address for p in self.providers[:3]]
+        return self.mc.open_job(consumer, MODEL, keccak(b"prompt"), max_tokens, price_cap, providers, **kw)
+
+
+@pytest.fixture(scope="session")
+def anvil_node():
+    node = start_anvil()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def market_session(anvil_node):
+    w3 = connect(anvil_node.url)
+    deployer = dev_account(0)
+    dep = deploy(w3, deployer, anvil_node.url, MarketParams())
+    chain = Chain(w3, dep)
+    mc = MarketClient(chain)
+    providers = [dev_account(i) for i in (1, 2, 3, 4)]
+    consumer, consumer2, outsider = dev_account(5), dev_account(6), dev_account(7)
+    for acct in providers + [consumer, consumer2, outsider]:
+        chain.transact(deployer, chain.token.functions.mint(acct.address, FUNDS))
+    for i, p in enumerate(providers):
+        mc.register(p, MODEL, keccak(b"manifest-%d" % i), PRICE)
+        mc.stake(p, STAKE)
+    for c in (consumer, consumer2):
+        chain.ensure_allowance(c, chain.registry.address, FUNDS)
+    return Market(anvil_node.url, chain, mc, deployer, providers, consumer, consumer2, outsider)
+
+
+@pytest.fixture
+def market(market_session):
+    """The session's market, reverted to its pristine state after the test."""
+    snap = market_session.rpc("evm_snapshot")
+    try:
+        yield market_session
+    finally:
+        market_session.chain.fixed_gas = None
+        assert market_session.rpc("evm_revert", [snap]) is True
