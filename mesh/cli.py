@@ -1,0 +1,42 @@
+"""`mesh`: the command line. Thin over the library: each group lives in mesh/commands/<group>.py.
+
+Errors: library code raises MeshError subclasses; this root group turns them into one line
+("Error: <what> — <what to do>") and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mesh import __version__
+from mesh.errors import MeshError
+
+
+class MeshGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MeshError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+
+@click.group(cls=MeshGroup)
+@click.version_option(__version__, prog_name="mesh")
+def main() -> None:
+    """Meshmarket: a peer-to-peer market for LLM inference, verified three ways on-chain."""
+
+
+def _register() -> None:
+    from mesh.commands import account, chain, contracts, token
+
+    for group in (chain.chain, contracts.contracts, token.token, account.account):
+        main.add_command(group)
+
+
+_register()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Click command groups of `mesh`, one module each, plus the options they share."""
