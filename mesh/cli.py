@@ -29,9 +29,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mesh.commands import account, chain, contracts, token
+    from mesh.commands import account, chain, contracts, demo, token
 
-    for group in (chain.chain, contracts.contracts, token.token, account.account):
+    for group in (chain.chain, contracts.contracts, token.token, account.account, demo.demo):
         main.add_command(group)
 
 

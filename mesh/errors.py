@@ -64,6 +64,9 @@ class ContractReverted(ChainError):
         self.error_args = args
 
 
+# P2PError lives in mesh.p2p (with its subtree) so the adapter stays one self-contained module.
+
+
 class LedgerError(MeshError):
     pass
 
