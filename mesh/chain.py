@@ -54,6 +54,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "ZeroAmount": ("the amount is zero", "pass a positive amount"),
     "ZeroHash": ("model hash and manifest hash must be non-zero", "register with a real model file"),
     "ZeroPrice": ("the price per token must be positive", "pass --price N (base units per output token)"),
+    "EndpointTooLong": ("the endpoint is {length} bytes, over the 256-byte limit", "announce one multiaddr ending in /p2p/<peer id>"),
     "NotRegistered": ("provider {provider} is not registered for any model", "register it (`mesh provider register`) or choose another provider"),
     "WrongModel": ("provider {provider} does not serve this model", "choose a provider registered for the model"),
     "PriceAboveCap": ("provider {provider} charges {price} per token, above the cap {cap}", "raise --max-price or choose a cheaper provider"),

@@ -29,9 +29,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mesh.commands import account, chain, contracts, demo, token
+    from mesh.commands import account, chain, contracts, demo, provider, token
 
-    for group in (chain.chain, contracts.contracts, token.token, account.account, demo.demo):
+    for group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider, demo.demo):
         main.add_command(group)
 
 

@@ -150,8 +150,8 @@ class MarketClient:
         self.market = chain.market.functions
 
     # -- registry
-    def register(self, acct: LocalAccount, model_hash: bytes, manifest_hash: bytes, price: int) -> dict:
-        return self.chain.transact(acct, self.registry.register(model_hash, manifest_hash, price))
+    def register(self, acct: LocalAccount, model_hash: bytes, manifest_hash: bytes, price: int, endpoint: str = "") -> dict:
+        return self.chain.transact(acct, self.registry.register(model_hash, manifest_hash, price, endpoint))
 
     def stake(self, acct: LocalAccount, amount: int) -> dict:
         self.chain.ensure_allowance(acct, self.chain.registry.address, amount)

@@ -289,17 +289,28 @@ async def _close_stream(stream: INetStream, *, reset: bool = False) -> None:
 # --------------------------------------------------------------------------- node
 
 
-def _new_host(key_pair: KeyPair, listen_addr: multiaddr.Multiaddr) -> IHost:
+async def _no_auto_connect() -> None:
+    return None
+
+
+def _new_host(key_pair: KeyPair, listen_addr: multiaddr.Multiaddr, max_connections_per_peer: int = 1) -> IHost:
     # sec_opt replaces libp2p's default table, which also offers TLS, secio and plaintext.
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         listen_addrs=[listen_addr],
         # With the default (3) every dial races extra connections and waits 250 ms.
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(max_connections_per_peer=max_connections_per_peer),
     )
+    # Meshmarket nodes dial only on purpose. libp2p's auto-connector redials every peer it has
+    # met, on a timer and on each disconnect: a provider then dials a consumer's old ephemeral
+    # address, and while that dial is in flight (max 1 connection per peer) the consumer's
+    # fresh inbound connection fails. Its watermarks cannot turn it off without also turning
+    # on pruning, so the dial step itself is replaced, on this swarm only.
+    cast(Swarm, host.get_network()).auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
+    return host
 
 
 def _ensure_port_free(ip: str, port: int) -> None:
@@ -336,13 +347,20 @@ class Node:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, private_key: bytes, listen_port: int = 0, *, listen_ip: str = "127.0.0.1"
+        cls, private_key: bytes, listen_port: int = 0, *, listen_ip: str = "127.0.0.1",
+        max_connections_per_peer: int = 1,
     ) -> AsyncIterator[Node]:
-        """Run a host listening on `listen_ip:listen_port` (0 = any free port) until exit."""
+        """Run a host listening on `listen_ip:listen_port` (0 = any free port) until exit.
+
+        Dialing nodes keep `max_connections_per_peer=1` (with more, every dial waits 250 ms for
+        a second connection). A server should allow a few: a client that restarts reconnects
+        while its old connection is still registered, and with a limit of 1 libp2p may keep
+        the stale connection and drop the new one.
+        """
         if listen_port:
             _ensure_port_free(listen_ip, listen_port)
         listen_addr = multiaddr.Multiaddr(f"/ip4/{listen_ip}/tcp/{listen_port}")
-        host = _new_host(_key_pair(private_key), listen_addr)
+        host = _new_host(_key_pair(private_key), listen_addr, max_connections_per_peer)
         body_error: BaseException | None = None
         with trio.CancelScope() as scope:
             async with host.run([listen_addr]):
@@ -353,6 +371,15 @@ class Node:
                     raise
                 finally:
                     scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+                    # host.run's teardown leaves the listener and established connections
+                    # open (their sockets leak until garbage collection), so the remote keeps
+                    # counting them and, after 8, refuses this peer. Close the swarm
+                    # explicitly, bounded and shielded.
+                    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        try:
+                            await host.get_network().close()
+                        except Exception:
+                            logger.debug("closing the swarm failed", exc_info=True)
         if scope.cancelled_caught:
             logger.warning("p2p host did not stop within %s s; abandoned", CLOSE_TIMEOUT)
             # The cancelled teardown swallowed the caller's exception; do not lose it.

@@ -109,12 +109,48 @@ def _quantization_name(reader: gguf.GGUFReader) -> str:
     return types.most_common(1)[0][0]
 
 
+def _disk_cache_path() -> Path:
+    """Per-user cache shared by every node on the machine (not per $MESH_HOME): reading a GGUF's
+    metadata parses its whole tokenizer (seconds), and hashing a large file takes longer still."""
+    base = os.environ.get("MESH_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "meshmarket" / "model-info.json"
+
+
+def _disk_cache_get(key: tuple[str, int, int]) -> ModelInfo | None:
+    try:
+        entry = json.loads(_disk_cache_path().read_text()).get(f"{key[0]}|{key[1]}|{key[2]}")
+        return ModelInfo(**entry) if entry else None
+    except (OSError, ValueError, TypeError):
+        return None  # a missing or damaged cache only costs a re-read
+
+
+def _disk_cache_put(key: tuple[str, int, int], info: ModelInfo) -> None:
+    path = _disk_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[f"{key[0]}|{key[1]}|{key[2]}"] = dataclasses.asdict(info)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)  # atomic, so concurrent nodes never read half a file
+    except OSError:
+        pass  # read-only home: run uncached
+
+
 def model_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """Read a GGUF file's metadata and hash; cached per (path, size, mtime)."""
+    """Read a GGUF file's metadata and hash; cached per (path, size, mtime) in memory and on disk."""
     key = _file_key(path)
     with _cache_lock:
         cached = _info_cache.get(key)
+    if cached is None:
+        cached = _disk_cache_get(key)
     if cached is not None:
+        with _cache_lock:
+            _info_cache[key] = cached
+            _sha256_cache[key] = cached.sha256
         return cached
     try:
         reader = gguf.GGUFReader(key[0])
@@ -138,6 +174,7 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
     )
     with _cache_lock:
         _info_cache[key] = info
+    _disk_cache_put(key, info)
     return info
 
 

@@ -106,3 +106,19 @@ def market(market_session):
     finally:
         market_session.chain.fixed_gas = None
         assert market_session.rpc("evm_revert", [snap]) is True
+
+
+@pytest.fixture(scope="session")
+def meshnet():
+    """A private mesh: its own Anvil, and providers dev:1..dev:4 (price 10) running as separate
+    processes started through the CLI. Tests open fresh jobs; nothing is reverted under them."""
+    from tests.meshnet import start_meshnet, temp_root
+
+    net = start_meshnet(temp_root(), {1: 10, 2: 10, 3: 10, 4: 10})
+    for c in (5, 6):
+        net.fund(c)
+        net.chain.ensure_allowance(dev_account(c), net.deployment.registry, 10**15)
+    try:
+        yield net
+    finally:
+        net.close()

@@ -561,3 +561,13 @@ def test_reentrancy_through_a_hostile_token_refused(market):
     assert bytes(hostile.functions.lastRevertData().call())[:4] == keccak(text="ReentrancyGuardReentrantCall()")[:4]
     assert chain.registry.functions.credit(c.address).call() == 1000
     assert hostile.functions.balanceOf(dep.registry).call() == 1000
+
+
+def test_endpoint_is_announced_and_bounded(market):
+    m = market
+    endpoint = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmExample"
+    r = m.mc.register(m.providers[0], MODEL, keccak(b"manifest"), PRICE, endpoint)
+    ev = m.chain.registry.events.ProviderRegistered().process_receipt(r)[0]["args"]
+    assert ev["endpoint"] == endpoint and ev["price"] == PRICE
+    with reverts("EndpointTooLong"):
+        m.mc.register(m.providers[0], MODEL, keccak(b"manifest"), PRICE, "x" * 257)

@@ -585,3 +585,25 @@ def test_random_bytes_never_break_the_server() -> None:
     assert not thread.is_alive()
     assert "error" not in state, state.get("error")
     assert len(outcomes) >= 50
+
+
+def test_a_restarting_client_reconnects_every_time_without_leaking() -> None:
+    """A consumer that runs `mesh ask` again and again is a new Node each time with the same
+    key. Each stopped Node must close its connections: otherwise its sockets leak and, after
+    8, the server's connection tracker refuses that peer (seen with py-libp2p 0.8.1)."""
+    import os
+
+    async def main() -> None:
+        async with Node.start(SERVER_KEY) as server:
+            server.serve(ECHO, echo, timeout=5)
+            fds = []
+            for i in range(12):
+                async with Node.start(CLIENT_KEY) as client:
+                    reply = await request(client, server, {"n": i})
+                    assert reply["msg"] == {"n": i}
+                fds.append(len(os.listdir("/proc/self/fd")))
+            await trio.sleep(1)
+            fds.append(len(os.listdir("/proc/self/fd")))
+            assert max(fds[2:]) - min(fds[2:]) <= 2, f"sockets leak: {fds}"
+
+    run(main)

@@ -56,7 +56,11 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     mapping(address => uint256) public credit;
 
     event MarketBound(address indexed market);
-    event ProviderRegistered(address indexed provider, bytes32 indexed modelHash, bytes32 manifestHash, uint64 price);
+    /// `endpoint` is the provider's libp2p multiaddr ending in /p2p/<peer id>: where consumers
+    /// fetch the manifest. It is only logged, never stored; the peer id proves the address.
+    event ProviderRegistered(
+        address indexed provider, bytes32 indexed modelHash, bytes32 manifestHash, uint64 price, string endpoint
+    );
     event ProviderDeregistered(address indexed provider);
     event Staked(address indexed provider, uint256 amount);
     event UnstakeRequested(address indexed provider, uint256 amount, uint64 readyAt);
@@ -72,6 +76,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     error ZeroAmount();
     error ZeroHash();
     error ZeroPrice();
+    error EndpointTooLong(uint256 length);
     error NotRegistered(address provider);
     error WrongModel(address provider);
     error PriceAboveCap(address provider, uint64 price, uint256 cap);
@@ -105,14 +110,18 @@ contract ProviderRegistry is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- provider actions
 
-    /// Offer a model at a price. Re-registering changes the offer for future jobs only: open
-    /// jobs keep the price they were opened with (the market commits it in the job hash).
-    function register(bytes32 modelHash, bytes32 manifestHash, uint64 price) external {
+    uint256 public constant MAX_ENDPOINT_BYTES = 256;
+
+    /// Offer a model at a price, reachable at `endpoint`. Re-registering changes the offer for
+    /// future jobs only: open jobs keep the price they were opened with (the market commits it
+    /// in the job hash).
+    function register(bytes32 modelHash, bytes32 manifestHash, uint64 price, string calldata endpoint) external {
         if (modelHash == bytes32(0) || manifestHash == bytes32(0)) revert ZeroHash();
         if (price == 0) revert ZeroPrice();
+        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(bytes(endpoint).length);
         accounts[msg.sender].price = price;
         listings[msg.sender] = Listing(modelHash, manifestHash);
-        emit ProviderRegistered(msg.sender, modelHash, manifestHash, price);
+        emit ProviderRegistered(msg.sender, modelHash, manifestHash, price, endpoint);
     }
 
     /// Stop being selectable for new jobs; open jobs are unaffected.

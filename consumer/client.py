@@ -1,0 +1,107 @@
+"""The consumer's side of the inference and manifest protocols (trio; used by consumer/ask.py,
+tests and benchmarks). Every answer is verified before it is believed: the text hashes to the
+signed output hash, the token count is within the job, the EIP-712 signature is the provider's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from eth_utils import keccak, to_checksum_address
+
+from mesh.errors import MeshError
+from mesh.market import ResultClaim
+from mesh.p2p import Node, P2PError, address_from_peer_id
+from mesh.wire import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, WireError
+from provider.manifest import Manifest, ManifestError
+
+#: The first token needs the provider's on-chain check and the prompt's evaluation.
+FIRST_TOKEN_TIMEOUT = 30.0
+#: Between tokens a healthy provider needs milliseconds; this much silence is a stall.
+TOKEN_TIMEOUT = 10.0
+
+
+class ProviderFailed(MeshError):
+    """A provider refused, stalled, died or lied about its answer. `code` says which."""
+
+    def __init__(self, code: str, message: str, provider: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.provider = provider
+
+
+@dataclass
+class Answer:
+    provider: str
+    text: str
+    result: ResultFrame
+    claim: ResultClaim
+    first_token_ms: float
+    total_ms: float
+
+
+async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout: float = 10.0) -> Manifest:
+    """The provider's signed manifest; its signer must be the peer Noise authenticated."""
+    try:
+        async with node.open_session(peer_id, addrs, MANIFEST_PROTOCOL, timeout) as s:
+            await s.send({"type": "manifest_request"})
+            frame = await s.recv(max_size=64 * 1024)
+    except P2PError as exc:
+        raise ProviderFailed("unreachable", f"cannot fetch the manifest of {peer_id}: {exc}") from exc
+    if frame.get("type") != "manifest":
+        raise ProviderFailed("bad_manifest", f"{peer_id} answered {frame.get('type')!r} instead of a manifest")
+    try:
+        manifest = Manifest.from_dict(frame.get("manifest"))
+        signer = manifest.verify()
+    except (ManifestError, ValueError, TypeError) as exc:
+        raise ProviderFailed("bad_manifest", f"{peer_id} sent an invalid manifest: {exc}") from exc
+    if signer != address_from_peer_id(peer_id) or manifest.peer_id != peer_id:
+        raise ProviderFailed("bad_manifest", f"the manifest of {peer_id} is signed by someone else")
+    return manifest
+
+
+async def run_job(node: Node, peer_id: str, addrs: Sequence[str], req: InferRequest, *, chain_id: int, market: str,
+                  on_token: Callable[[str], None] | None = None, connect_timeout: float = 10.0,
+                  first_token_timeout: float = FIRST_TOKEN_TIMEOUT, token_timeout: float = TOKEN_TIMEOUT) -> Answer:
+    """Send `req` to one provider, stream its tokens, verify and return its signed answer."""
+    expected = to_checksum_address(req.job.providers[req.index])
+    if address_from_peer_id(peer_id) != expected:
+        raise ProviderFailed("wrong_peer", f"peer {peer_id} is not provider {expected}", expected)
+    t0 = time.perf_counter()
+    first_ms = float("nan")
+    pieces: list[str] = []
+    try:
+        async with node.open_session(peer_id, addrs, INFER_PROTOCOL, connect_timeout) as s:
+            await s.send(req.to_wire(), max_size=256 * 1024)
+            while True:
+                frame = await s.recv(timeout=token_timeout if pieces else first_token_timeout)
+                kind = frame.get("type")
+                if kind == "token":
+                    text = frame.get("text")
+                    if not isinstance(text, str):
+                        raise ProviderFailed("bad_frame", "a token frame without text", expected)
+                    if not pieces:
+                        first_ms = (time.perf_counter() - t0) * 1000
+                    pieces.append(text)
+                    if on_token:
+                        on_token(text)
+                elif kind == "result":
+                    result = ResultFrame.from_wire(frame)
+                    break
+                elif kind == "error":
+                    raise ProviderFailed(str(frame.get("code", "error")), str(frame.get("message", "")), expected)
+                else:
+                    raise ProviderFailed("bad_frame", f"unexpected frame type {kind!r}", expected)
+    except WireError as exc:
+        raise ProviderFailed("bad_frame", str(exc), expected) from exc
+    except P2PError as exc:
+        raise ProviderFailed(getattr(exc, "code", "p2p"), f"provider {expected}: {exc}", expected) from exc
+    text = "".join(pieces)
+    if keccak(text.encode("utf-8")) != result.output_hash:
+        raise ProviderFailed("bad_result", "the streamed text does not hash to the signed output hash", expected)
+    claim = ResultClaim(req.job_id, result.output_hash, result.token_count, result.signature)
+    if claim.signer(chain_id, market) != expected:
+        raise ProviderFailed("bad_result", "the result is not signed by the provider", expected)
+    return Answer(expected, text, result, claim, first_ms, (time.perf_counter() - t0) * 1000)

@@ -1,0 +1,177 @@
+"""`mesh provider register|start|status|earnings|unstake|withdraw`: earn tokens serving a model."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import click
+
+from mesh.commands.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
+from mesh.commands.token import _amount
+from mesh.market import MarketClient
+from mesh.types import format_amount
+
+
+@click.group()
+def provider() -> None:
+    """Serve a GGUF model on the mesh and earn MESH for every verified answer."""
+
+
+def _account(account_name, chain):
+    """--account, else the registered provider's account."""
+    from provider.runtime import ProviderSettings
+
+    default = ProviderSettings.load().account if ProviderSettings.path().exists() else None
+    return resolve_account(account_name or default, chain.chain_id)
+
+
+@provider.command()
+@click.option("--model", default="default", show_default=True, help="GGUF file path, or 'default' (SmolLM2-135M Q4_1).")
+@click.option("--price", type=click.IntRange(1, 2**64 - 1), required=True, help="Base units per output token.")
+@click.option("--stake", default="0", callback=_amount, help="MESH to stake now (e.g. 100 or 100000000u).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IP to listen on (announced in the manifest).")
+@click.option("--port", type=click.IntRange(1, 65535), default=4001, show_default=True, help="TCP port to listen on.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="CPU threads for llama.cpp.")
+@click.option("--gpu-layers", type=click.IntRange(0, 10_000), default=0, show_default=True, help="Layers offloaded to a GPU.")
+@account_option
+@rpc_option
+def register(model, price, stake, host, port, threads, gpu_layers, account_name, rpc) -> None:
+    """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
+    from provider.runtime import endpoint_of, register_provider
+    from provider.manifest import Manifest
+
+    chain = open_chain(rpc)
+    acct = resolve_account(account_name, chain.chain_id)
+    settings = register_provider(chain, acct, model, price, stake, host=host, port=port, threads=threads,
+                                 gpu_layers=gpu_layers)
+    m = Manifest.from_dict(settings.manifest)
+    click.echo(f"registered {acct.address}")
+    click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length}) sha256 {m.model_sha256}")
+    click.echo(f"  price     {price} base units per output token")
+    click.echo(f"  endpoint  {endpoint_of(m)}")
+    click.echo(f"  stake     +{format_amount(stake)}")
+    click.echo("start serving with `mesh provider start`")
+
+
+@provider.command()
+@click.option("--cheater", is_flag=True, hidden=True, help="Demo only: return altered output (to be outvoted and slashed).")
+@account_option
+@rpc_option
+def start(cheater: bool, account_name, rpc) -> None:
+    """Run the node: serve paid jobs, log each one with tokens and pay. Ctrl-C stops it."""
+    import logging
+
+    from provider.runtime import ProviderSettings, run_provider
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    chain = open_chain(rpc)
+    settings = ProviderSettings.load()
+    acct = resolve_account(account_name or settings.account, chain.chain_id)
+
+    def ready(peer_id: str, addrs: list[str]) -> None:
+        click.echo(f"ready {peer_id} {' '.join(addrs)}")
+        sys.stdout.flush()
+
+    def on_job(entry) -> None:
+        ft = "-" if math.isnan(entry.first_token_ms) else f"{entry.first_token_ms:.0f} ms"
+        click.echo(f"job 0x{entry.job_id.hex()[:12]}… from {entry.consumer[:10]}…: {entry.outcome}, "
+                   f"{entry.tokens} tokens x {entry.price} = {entry.pay} base units (if agreed), first token {ft}")
+        sys.stdout.flush()
+
+    run_provider(chain, acct, settings, cheater=cheater, on_ready=ready, on_job=on_job)
+
+
+@provider.command()
+@account_option
+@rpc_option
+@json_option
+def status(account_name, rpc, as_json) -> None:
+    """Stake, locked stake, earnings, price and listing of this provider on-chain."""
+    chain = open_chain(rpc)
+    address = _address(account_name)
+    a = MarketClient(chain).account(address)
+    if as_json:
+        echo_json({"address": address, **a})
+        return
+    rows = [["stake", format_amount(a["stake"])], ["locked by open jobs", format_amount(a["locked"])],
+            ["free", format_amount(a["stake"] - a["locked"])], ["earnings to withdraw", format_amount(a["owed"])],
+            ["thawing", format_amount(a["thawing"]) + (f" (ready at {a['thaw_ready_at']})" if a["thawing"] else "")],
+            ["price per token", f"{a['price']} base units"], ["model", "0x" + bytes(a["model_hash"]).hex()],
+            ["manifest", "0x" + bytes(a["manifest_hash"]).hex()]]
+    click.echo(f"provider {address}")
+    click.echo(table(rows, ["", "value"]))
+
+
+@provider.command()
+@account_option
+@rpc_option
+@json_option
+def earnings(account_name, rpc, as_json) -> None:
+    """Earnings waiting to be withdrawn, and the token balance."""
+    chain = open_chain(rpc)
+    address = _address(account_name)
+    a = MarketClient(chain).account(address)
+    bal = chain.balance(address)
+    if as_json:
+        echo_json({"address": address, "owed": a["owed"], "balance": bal})
+    else:
+        click.echo(f"{address}: {format_amount(a['owed'])} to withdraw (`mesh provider withdraw`), balance {format_amount(bal)}")
+
+
+@provider.command()
+@click.argument("amount", callback=_amount)
+@account_option
+@rpc_option
+def unstake(amount, account_name, rpc) -> None:
+    """Start thawing AMOUNT of free stake; withdraw it after the thaw period."""
+    chain = open_chain(rpc)
+    acct = _account(account_name, chain)
+    mc = MarketClient(chain)
+    mc.request_unstake(acct, amount)
+    a = mc.account(acct.address)
+    click.echo(f"{format_amount(a['thawing'])} thawing, withdrawable from unix time {a['thaw_ready_at']}")
+
+
+@provider.command()
+@account_option
+@rpc_option
+def withdraw(account_name, rpc) -> None:
+    """Withdraw earnings, and thawed stake whose thaw period is over."""
+    chain = open_chain(rpc)
+    acct = _account(account_name, chain)
+    mc = MarketClient(chain)
+    a = mc.account(acct.address)
+    now = chain.w3.eth.get_block("latest")["timestamp"]
+    done = []
+    if a["owed"]:
+        mc.withdraw_earnings(acct)
+        done.append(f"earnings {format_amount(a['owed'])}")
+    if a["thawing"] and now >= a["thaw_ready_at"]:
+        mc.withdraw_stake(acct)
+        done.append(f"stake {format_amount(a['thawing'])}")
+    if not done:
+        msg = "nothing to withdraw"
+        if a["thawing"]:
+            msg += f" yet: {format_amount(a['thawing'])} thawing until unix time {a['thaw_ready_at']}"
+        click.echo(msg)
+        return
+    click.echo("withdrew " + " and ".join(done) + f"; balance {format_amount(chain.balance(acct.address))}")
+
+
+def _address(account_name) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    from mesh import keys
+    from provider.runtime import ProviderSettings
+
+    name = account_name
+    if not name and ProviderSettings.path().exists():
+        name = ProviderSettings.load().account
+    if not name:
+        raise click.UsageError("which provider? pass --account ADDRESS|dev:N")
+    if name.startswith("dev:"):
+        return keys.load_account(name, None).address
+    if not is_address(name):
+        raise click.BadParameter(f"{name!r} is not an address", param_hint="--account")
+    return to_checksum_address(name)

@@ -1,0 +1,160 @@
+"""Provider set-up and life cycle, as a library (the CLI in mesh/commands/provider.py is thin over it).
+
+- `register_provider`: build and sign the manifest from the GGUF file, register model hash,
+  manifest hash, price and endpoint on-chain, stake, and save the provider's settings
+  (`$MESH_HOME/provider.json`: no key in it, only the account's address).
+- `run_provider`: load the engine, check the on-chain listing still matches the saved manifest,
+  start the libp2p node and serve until stopped (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import trio
+from eth_account.signers.local import LocalAccount
+
+from mesh import config
+from mesh.chain import Chain
+from mesh.errors import ConfigError
+from mesh.market import MarketClient
+from mesh.p2p import Node, peer_id_for_key
+from mesh.wire import PROTOCOL_VERSION
+from provider.engine import LlamaCppEngine, default_model_path
+from provider.manifest import Hardware, Manifest, file_sha256, model_info
+from provider.node import JobGate, JobLog, ProviderService, ServedJobs
+
+log = logging.getLogger("meshmarket.provider")
+
+DEFAULT_PORT = 4001  # the libp2p convention
+#: Room for a consumer's new connection while its previous one is still registered.
+SERVER_CONNECTIONS_PER_PEER = 4
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    account: str
+    model_path: str
+    price: int
+    host: str
+    port: int
+    threads: int
+    gpu_layers: int
+    manifest: dict
+
+    @staticmethod
+    def path() -> Path:
+        return config.home() / "provider.json"
+
+    def save(self) -> Path:
+        p = self.path()
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        tmp.replace(p)
+        return p
+
+    @classmethod
+    def load(cls) -> ProviderSettings:
+        p = cls.path()
+        if not p.exists():
+            raise ConfigError("this node is not registered as a provider", "run `mesh provider register` first")
+        try:
+            return cls(**json.loads(p.read_text()))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{p} is damaged ({exc})", "run `mesh provider register` again") from exc
+
+
+def resolve_model(model: str) -> Path:
+    path = default_model_path() if model == "default" else Path(model).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"no model file at {path}", "pass --model PATH to a GGUF file, or --model default")
+    return path
+
+
+def build_manifest(account: LocalAccount, model_path: Path, price: int, host: str, port: int, threads: int,
+                   gpu_layers: int) -> Manifest:
+    info = model_info(model_path)
+    peer_id = peer_id_for_key(bytes(account.key))
+    return Manifest.for_model(
+        info,
+        price_per_token=price,
+        peer_id=peer_id,
+        multiaddrs=[f"/ip4/{host}/tcp/{port}"],
+        protocol_version=str(PROTOCOL_VERSION),
+        hardware=detect_hardware(threads, gpu_layers),
+        provider=account.address,
+    ).sign(account)
+
+
+def detect_hardware(threads: int, gpu_layers: int) -> Hardware:
+    """CPU threads always. llama-cpp-python 0.3.36 exposes whether this build can offload to a
+    GPU but not the device's name or memory, so those stay empty/0 unless offload is on, when
+    the name says so (docs/INFERENCE_NOTES.md)."""
+    name = ""
+    if gpu_layers:
+        import llama_cpp
+
+        name = "llama.cpp GPU offload" if llama_cpp.llama_supports_gpu_offload() else ""
+    return Hardware(cpu_threads=threads, gpu_name=name, gpu_memory_mb=0, gpu_layers=gpu_layers if name else 0)
+
+
+def endpoint_of(manifest: Manifest) -> str:
+    return f"{manifest.multiaddrs[0]}/p2p/{manifest.peer_id}"
+
+
+def register_provider(chain: Chain, account: LocalAccount, model: str, price: int, stake: int, *,
+                      host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 1,
+                      gpu_layers: int = 0) -> ProviderSettings:
+    if price <= 0:
+        raise ConfigError("the price must be a positive number of base units per output token", "pass --price N")
+    if stake < 0:
+        raise ConfigError("the stake cannot be negative", "pass --stake N")
+    model_path = resolve_model(model)
+    manifest = build_manifest(account, model_path, price, host, port, threads, gpu_layers)
+    mc = MarketClient(chain)
+    if stake:
+        chain.require_balance(account.address, stake, "staking")
+    mc.register(account, bytes.fromhex(manifest.model_sha256[2:]), bytes.fromhex(manifest.manifest_hash()[2:]), price,
+                endpoint_of(manifest))
+    if stake:
+        mc.stake(account, stake)
+    settings = ProviderSettings(account.address, str(model_path), price, host, port, threads, gpu_layers,
+                                manifest.to_dict())
+    settings.save()
+    return settings
+
+
+def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *, cheater: bool = False,
+                 on_ready: Callable[[str, list[str]], None] | None = None,
+                 on_job: Callable[[JobLog], None] | None = None, engine=None) -> None:
+    """Serve until SIGINT/SIGTERM. `engine` may be passed in (tests and benchmarks reuse one)."""
+    manifest = Manifest.from_dict(settings.manifest)
+    if manifest.verify() != account.address:
+        raise ConfigError("the saved manifest is not signed by this account", "run `mesh provider register` again")
+    model_hash = bytes.fromhex(manifest.model_sha256[2:])
+    listing = MarketClient(chain).account(account.address)
+    if bytes(listing["manifest_hash"]).hex() != manifest.manifest_hash()[2:]:
+        raise ConfigError("the on-chain listing does not match this node's manifest (another registration, or a new chain)",
+                          "run `mesh provider register` again")
+    if file_sha256(settings.model_path) != manifest.model_sha256:
+        raise ConfigError(f"{settings.model_path} changed since registration", "run `mesh provider register` again")
+    engine = engine or LlamaCppEngine(settings.model_path, n_threads=settings.threads, n_gpu_layers=settings.gpu_layers)
+    service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
+                              served=ServedJobs(), cheater=cheater, on_job=on_job)
+
+    async def main() -> None:
+        async with Node.start(bytes(account.key), settings.port, listen_ip=settings.host,
+                              max_connections_per_peer=SERVER_CONNECTIONS_PER_PEER) as node:
+            service.attach(node)
+            if on_ready:
+                on_ready(node.peer_id, node.listen_addrs)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+
+    trio.run(main)

@@ -1,0 +1,165 @@
+"""A real local mesh for tests and benchmarks: Anvil, the contracts, and provider processes
+started through the CLI (`mesh provider register` + `mesh provider start`), each with its own
+user directory. Used by the provider and consumer tests and by bench/.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.anvil import AnvilProcess, free_port, start_anvil
+from mesh.chain import Chain, connect, deploy
+from mesh.config import MarketParams
+from mesh.keys import dev_account
+from mesh.market import MarketClient
+
+MESH = 10**6
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ProviderProc:
+    index: int  # dev account number
+    home: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    peer_id: str = ""
+    addrs: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def account(self):
+        return dev_account(self.index)
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class MeshNet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.anvil: AnvilProcess = start_anvil()
+        self.url = self.anvil.url
+        w3 = connect(self.url)
+        self.deployment = deploy(w3, dev_account(0), self.url, MarketParams())
+        self.chain = Chain(w3, self.deployment)
+        self.mc = MarketClient(self.chain)
+        self.providers: dict[int, ProviderProc] = {}
+        self.model_hash: bytes = b""
+
+    def env(self, home: Path) -> dict:
+        return {**os.environ, "MESH_HOME": str(home), "MESH_RPC_URL": self.url, "PYTHONUNBUFFERED": "1"}
+
+    def fund(self, index: int, amount: int = 10_000 * MESH) -> None:
+        self.chain.transact(dev_account(0), self.chain.token.functions.mint(dev_account(index).address, amount))
+
+    def register(self, index: int, price: int = 10, stake: int = 100 * MESH, fund: bool = True) -> ProviderProc:
+        home = self.root / f"provider-{index}"
+        home.mkdir(parents=True, exist_ok=True)
+        self.deployment.save(home / "deployment.json")
+        if fund:
+            self.fund(index)
+        p = ProviderProc(index, home, free_port())
+        cmd = [sys.executable, "-m", "mesh.cli", "provider", "register", "--model", "default", "--price", str(price),
+               "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}"]
+        out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"provider register failed: {out.stdout}{out.stderr}")
+        self.providers[index] = p
+        return p
+
+    def start(self, index: int, *extra: str, timeout: float = 120.0) -> ProviderProc:
+        p = self.providers[index]
+        cmd = [sys.executable, "-m", "mesh.cli", "provider", "start", "--account", f"dev:{index}", *extra]
+        p.proc = subprocess.Popen(cmd, env=self.env(p.home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, stdin=subprocess.DEVNULL)
+        ready = threading.Event()
+
+        def pump():
+            assert p.proc and p.proc.stdout
+            for line in p.proc.stdout:
+                p.lines.append(line.rstrip("\n"))
+                if line.startswith("ready "):
+                    _, p.peer_id, *p.addrs = line.split()
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if p.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(index)
+                raise RuntimeError(f"provider dev:{index} did not start:\n" + "\n".join(p.lines))
+        return p
+
+    def stop(self, index: int, kill: bool = False) -> None:
+        p = self.providers[index]
+        if p.proc and p.proc.poll() is None:
+            p.proc.kill() if kill else p.proc.terminate()
+            try:
+                p.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait(10)
+
+    def close(self) -> None:
+        for i in list(self.providers):
+            self.stop(i)
+        self.anvil.stop()
+
+    def advance(self, seconds: int) -> None:
+        self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
+        self.chain.w3.provider.make_request("evm_mine", [])
+
+
+def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = ()) -> MeshNet:
+    """Register and start providers dev:N with the given prices, in parallel where it helps."""
+    net = MeshNet(root)
+    try:
+        from provider.engine import default_model_path
+        from provider.manifest import file_sha256
+
+        net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
+        for i in prices:
+            net.fund(i)  # minting is the deployer's: one sender, so done in turn
+        _parallel([lambda i=i, p=p: net.register(i, p, fund=False) for i, p in prices.items()])
+        _parallel([lambda i=i: net.start(i, *(["--cheater"] if i in cheaters else [])) for i in prices])
+        missing = [i for i in prices if not net.providers[i].alive()]
+        if missing:
+            raise RuntimeError(f"providers {missing} failed to start")
+        return net
+    except BaseException:
+        net.close()
+        raise
+
+
+def _parallel(tasks) -> None:
+    errors: list[BaseException] = []
+
+    def run(task):
+        try:
+            task()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def temp_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="meshnet-"))
