@@ -29,9 +29,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mesh.commands import account, chain, contracts, demo, provider, token
+    from mesh.commands import account, chain, consumer, contracts, demo, provider, token
 
-    for group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider, demo.demo):
+    for group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider,
+                  consumer.ask, consumer.models, consumer.settle, demo.demo):
         main.add_command(group)
 
 

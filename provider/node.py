@@ -39,6 +39,7 @@ from mesh.wire import (
     token_frame,
 )
 from provider.engine import ContextOverflowError, GenerationRequest, InferenceEngine
+from provider.claims import Claim, ClaimKeeper
 from provider.manifest import Manifest
 
 log = logging.getLogger("meshmarket.provider")
@@ -58,6 +59,21 @@ class JobGate:
         self.provider = to_checksum_address(provider)
         self.model_hash = model_hash
         self.delivery_window = chain.deployment.params.delivery_window
+        self.market = chain.market.address
+        self._selector = "0x" + keccak(text="jobHashes(bytes32)")[:4].hex()
+
+    def _job_hash_and_time(self, job_id: bytes) -> tuple[bytes, int]:
+        """jobHashes(jobId) and the latest block's timestamp, in ONE JSON-RPC
+        batch of raw calls: this check sits before every first token, and a web3 contract
+        call costs ~5 ms of Python where the raw round trip costs ~1 ms."""
+        try:
+            block, stored = self.chain.w3.provider.make_batch_request([
+                ("eth_getBlockByNumber", ["latest", False]),
+                ("eth_call", [{"to": self.market, "data": self._selector + job_id.hex()}, "latest"]),
+            ])
+            return bytes.fromhex(stored["result"][2:]), int(block["result"]["timestamp"], 16)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError("internal", "the provider cannot read the chain right now; retry") from exc
 
     def check(self, req: InferRequest, remote_address: str) -> None:
         job = req.job
@@ -71,14 +87,13 @@ class JobGate:
             raise WireError("mismatch", f"sampling.max_tokens {req.sampling.max_tokens} differs from the job's {job.max_tokens}")
         if req.sampling.prompt_hash(job.model_hash) != job.prompt_hash:
             raise WireError("mismatch", "the request does not hash to the job's promptHash: send exactly what was hashed at openJob")
-        stored = bytes(self.chain.market.functions.jobHashes(req.job_id).call())
+        stored, now = self._job_hash_and_time(req.job_id)
         if stored == b"\x00" * 32:
             raise WireError("unpaid", "no such job on-chain: open it (escrow the payment) before sending the request")
         if stored == CLOSED_JOB:
             raise WireError("unpaid", "the job is already settled")
         if stored != job.hash():
             raise WireError("unpaid", "the job on-chain has other parameters (a replaced provider, other prices?): send the current job")
-        now = self.chain.w3.eth.get_block("latest")["timestamp"]
         if now >= job.opened_at + self.delivery_window:
             raise WireError("expired", "the job's delivery window has passed: open a new job")
         # Escrow needs no separate check: a job hash is stored only after the registry took
@@ -135,6 +150,8 @@ class ProviderService:
     #: Demo only: return altered output (and sign it), to show the cheater being slashed.
     cheater: bool = False
     on_job: Callable[[JobLog], None] | None = None
+    #: Served jobs are handed here, so the provider is paid even if the consumer never settles.
+    claims: ClaimKeeper | None = None
 
     def attach(self, node: Node) -> None:
         node.serve(INFER_PROTOCOL, self.handle_infer, timeout=REQUEST_TIMEOUT)
@@ -188,18 +205,19 @@ class ProviderService:
             entry.outcome = "refused: bad request"
             return
 
-        send, recv = trio.open_memory_channel[str](64)
+        # Unbounded (at most max_tokens pieces): the worker hands each piece over without
+        # waiting for the trio loop, so inference never stalls on the network.
+        send, recv = trio.open_memory_channel[str](math.inf)
+        token = trio.lowlevel.current_trio_token()
 
         def work():
-            # Worker thread: pull pieces from llama.cpp and hand them to trio (backpressure:
-            # the worker waits when the consumer reads slowly).
             try:
                 with generation:
                     for piece in generation:
-                        trio.from_thread.run(send.send, piece)
+                        token.run_sync_soon(send.send_nowait, piece)
                     return generation.result
             finally:
-                trio.from_thread.run_sync(send.close)
+                token.run_sync_soon(send.close)
 
         pieces: list[str] = []
         result = None
@@ -212,12 +230,21 @@ class ProviderService:
             nursery.start_soon(run_worker)
             try:
                 async for piece in recv:
+                    # Pieces that queued up while the last frame was being written go out
+                    # together: one frame each would make the network the bottleneck.
+                    batch = [piece]
+                    while True:
+                        try:
+                            batch.append(recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    text = "".join(batch)
                     if self.cheater:
-                        piece = piece.upper()
+                        text = text.upper()
                     if not pieces:
                         entry.first_token_ms = (time.perf_counter() - t0) * 1000
-                    pieces.append(piece)
-                    await session.send(token_frame(piece), timeout=SEND_TIMEOUT)
+                    pieces.append(text)
+                    await session.send(token_frame(text), timeout=SEND_TIMEOUT)
             except P2PError as exc:
                 # The consumer is gone: stop generating, let the worker finish and close.
                 log.info("job 0x%s: consumer went away (%s); generation cancelled", req.job_id.hex()[:12], exc)
@@ -239,6 +266,8 @@ class ProviderService:
         claim = ResultClaim(req.job_id, out_hash, result.completion_tokens).sign(
             self.account, self.gate.chain.chain_id, self.gate.chain.market.address)
         await session.send(result_frame(out_hash, result.completion_tokens, claim.signature, result.finish_reason))
+        if self.claims is not None:
+            self.claims.add(Claim(req.job_id, req.job, req.index, out_hash, result.completion_tokens))
         entry.tokens = result.completion_tokens
         entry.total_ms = (time.perf_counter() - t0) * 1000
         entry.outcome = "served" + (" (altered output)" if self.cheater else "")

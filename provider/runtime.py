@@ -27,6 +27,7 @@ from mesh.p2p import Node, peer_id_for_key
 from mesh.wire import PROTOCOL_VERSION
 from provider.engine import LlamaCppEngine, default_model_path
 from provider.manifest import Hardware, Manifest, file_sha256, model_info
+from provider.claims import ClaimKeeper
 from provider.node import JobGate, JobLog, ProviderService, ServedJobs
 
 log = logging.getLogger("meshmarket.provider")
@@ -131,7 +132,8 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
 
 def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *, cheater: bool = False,
                  on_ready: Callable[[str, list[str]], None] | None = None,
-                 on_job: Callable[[JobLog], None] | None = None, engine=None) -> None:
+                 on_job: Callable[[JobLog], None] | None = None, on_claim: Callable[[str], None] | None = None,
+                 claim_poll: float = 15.0, engine=None) -> None:
     """Serve until SIGINT/SIGTERM. `engine` may be passed in (tests and benchmarks reuse one)."""
     manifest = Manifest.from_dict(settings.manifest)
     if manifest.verify() != account.address:
@@ -144,17 +146,29 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     if file_sha256(settings.model_path) != manifest.model_sha256:
         raise ConfigError(f"{settings.model_path} changed since registration", "run `mesh provider register` again")
     engine = engine or LlamaCppEngine(settings.model_path, n_threads=settings.threads, n_gpu_layers=settings.gpu_layers)
+    keeper = ClaimKeeper(chain, account, on_event=on_claim)
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
-                              served=ServedJobs(), cheater=cheater, on_job=on_job)
+                              served=ServedJobs(), cheater=cheater, on_job=on_job, claims=keeper)
+
+    async def watch_claims() -> None:
+        while True:
+            await trio.sleep(claim_poll)
+            try:
+                await trio.to_thread.run_sync(keeper.tick)
+            except Exception:  # a chain hiccup must not stop the node; the next tick retries
+                log.exception("claim keeping failed")
 
     async def main() -> None:
         async with Node.start(bytes(account.key), settings.port, listen_ip=settings.host,
                               max_connections_per_peer=SERVER_CONNECTIONS_PER_PEER) as node:
             service.attach(node)
-            if on_ready:
-                on_ready(node.peer_id, node.listen_addrs)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    break
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_claims)
+                if on_ready:
+                    on_ready(node.peer_id, node.listen_addrs)
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+                nursery.cancel_scope.cancel()
 
     trio.run(main)

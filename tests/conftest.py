@@ -114,7 +114,9 @@ def meshnet():
     processes started through the CLI. Tests open fresh jobs; nothing is reverted under them."""
     from tests.meshnet import start_meshnet, temp_root
 
-    net = start_meshnet(temp_root(), {1: 10, 2: 10, 3: 10, 4: 10})
+    # 1-3 honest; 4 honest and dearer (the spare); 7 and 8 cheaters; 9 cheapest, killed by a test.
+    net = start_meshnet(temp_root(), {1: 10, 2: 10, 3: 10, 4: 11, 7: 10, 8: 10, 9: 9}, cheaters=(7, 8),
+                        extra=("--claim-poll", "0.5"))
     for c in (5, 6):
         net.fund(c)
         net.chain.ensure_allowance(dev_account(c), net.deployment.registry, 10**15)

@@ -117,12 +117,24 @@ class MeshNet:
             self.stop(i)
         self.anvil.stop()
 
+    def new_consumer(self, mesh: int = 10_000 * MESH, eth: int = 10**20, approve: bool = True):
+        """A fresh funded account, so balance assertions see only this test's jobs."""
+        from eth_account import Account
+
+        acct = Account.create()
+        self.chain.w3.provider.make_request("anvil_setBalance", [acct.address, hex(eth)])
+        if mesh:
+            self.chain.transact(dev_account(0), self.chain.token.functions.mint(acct.address, mesh))
+        if approve:
+            self.chain.ensure_allowance(acct, self.deployment.registry, 10**15)
+        return acct
+
     def advance(self, seconds: int) -> None:
         self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
         self.chain.w3.provider.make_request("evm_mine", [])
 
 
-def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = ()) -> MeshNet:
+def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = ()) -> MeshNet:
     """Register and start providers dev:N with the given prices, in parallel where it helps."""
     net = MeshNet(root)
     try:
@@ -133,7 +145,7 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
         _parallel([lambda i=i, p=p: net.register(i, p, fund=False) for i, p in prices.items()])
-        _parallel([lambda i=i: net.start(i, *(["--cheater"] if i in cheaters else [])) for i in prices])
+        _parallel([lambda i=i: net.start(i, *extra, *(["--cheater"] if i in cheaters else [])) for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:
             raise RuntimeError(f"providers {missing} failed to start")

@@ -56,9 +56,11 @@ def register(model, price, stake, host, port, threads, gpu_layers, account_name,
 
 @provider.command()
 @click.option("--cheater", is_flag=True, hidden=True, help="Demo only: return altered output (to be outvoted and slashed).")
+@click.option("--claim-poll", type=click.FloatRange(0.1, 3600), default=15.0, show_default=True,
+              help="Seconds between checks of served jobs the consumer has not settled.")
 @account_option
 @rpc_option
-def start(cheater: bool, account_name, rpc) -> None:
+def start(cheater: bool, claim_poll: float, account_name, rpc) -> None:
     """Run the node: serve paid jobs, log each one with tokens and pay. Ctrl-C stops it."""
     import logging
 
@@ -79,7 +81,12 @@ def start(cheater: bool, account_name, rpc) -> None:
                    f"{entry.tokens} tokens x {entry.price} = {entry.pay} base units (if agreed), first token {ft}")
         sys.stdout.flush()
 
-    run_provider(chain, acct, settings, cheater=cheater, on_ready=ready, on_job=on_job)
+    def on_claim(msg: str) -> None:
+        click.echo(msg)
+        sys.stdout.flush()
+
+    run_provider(chain, acct, settings, cheater=cheater, on_ready=ready, on_job=on_job, on_claim=on_claim,
+                 claim_poll=claim_poll)
 
 
 @provider.command()

@@ -1,0 +1,122 @@
+"""Direct llama-cpp-python vs the same model behind one provider over libp2p on loopback.
+
+    python bench/provider.py [--runs N] [--max-tokens N]
+
+Both sides run the same GGUF with one thread; the provider is a separate process started through
+the CLI. Direct runs and mesh runs alternate, so machine noise hits both alike. The mesh timing
+starts when the request is written on an already-open connection and so includes a new stream,
+the provider's on-chain job check, its thread hand-offs and the framing of every token. Opening
+the job on-chain is not timed here (bench/query.py times the whole query).
+
+First-token latency: request sent -> first token received. Tokens/s: (completion tokens - 1) /
+time from the first token's arrival to the last's (a provider may send several tokens in one
+frame when they queue up; the count is the signed token count). Medians over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio  # noqa: E402
+
+from consumer.client import fetch_manifest, run_job  # noqa: E402
+from mesh.keys import dev_account  # noqa: E402
+from mesh.p2p import Node  # noqa: E402
+from mesh.wire import InferRequest, Sampling  # noqa: E402
+from provider.engine import default_model_path  # noqa: E402
+from tests.meshnet import MeshNet, temp_root  # noqa: E402
+
+PROMPT = "Explain in a few sentences why the sky is blue."
+
+
+def direct_run(llama, max_tokens: int) -> tuple[float, float, int]:
+    """(first token ms, tokens/s, tokens) for llama-cpp-python's own streaming chat completion."""
+    llama.reset()  # fresh state, as the provider does per job
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for chunk in llama.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
+                                              temperature=0.0, stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            n += 1
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return (first - t0) * 1000, (n - 1) / (end - first), n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    args = ap.parse_args()
+
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=1, n_threads_batch=1,
+                            verbose=False)
+    net = MeshNet(temp_root())
+    try:
+        net.register(1, 10)
+        net.start(1)
+        from provider.manifest import file_sha256
+
+        net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
+        for i in (2, 3):
+            net.register(i, 10)  # listed in the job (not started): the job needs three providers
+        consumer = dev_account(5)
+        net.fund(5)
+        net.chain.ensure_allowance(consumer, net.deployment.registry, 10**15)
+        p = net.providers[1]
+        direct, mesh = [], []
+
+        async def run() -> None:
+            async with Node.start(bytes(consumer.key)) as node:
+                await fetch_manifest(node, p.peer_id, p.addrs)  # opens the connection
+                for k in range(args.runs + 1):  # run 0 warms both sides up
+                    d = direct_run(llama, args.max_tokens)
+                    s = Sampling(messages=(("user", PROMPT),), max_tokens=args.max_tokens, seed=k)
+                    job_id, job, _ = net.mc.open_job(consumer, net.model_hash, s.prompt_hash(net.model_hash),
+                                                     args.max_tokens, 10, [net.providers[i].address for i in (1, 2, 3)],
+                                                     approve=False)
+                    stamps: list[float] = []
+                    t0 = time.perf_counter()
+                    a = await run_job(node, p.peer_id, p.addrs, InferRequest(job_id, job, 0, s),
+                                      chain_id=net.chain.chain_id, market=net.chain.market.address,
+                                      on_token=lambda _t: stamps.append(time.perf_counter()))
+                    n = a.result.token_count  # frames may carry several tokens each
+                    m = ((stamps[0] - t0) * 1000, (n - 1) / (stamps[-1] - stamps[0]), n)
+                    if k:
+                        direct.append(d)
+                        mesh.append(m)
+
+        trio.run(run)
+        import os
+        if os.environ.get("MESH_BENCH_DEBUG"):
+            print("\n".join(net.providers[1].lines))
+    finally:
+        net.close()
+
+    def med(rows, i):
+        return statistics.median(r[i] for r in rows)
+
+    d_ft, d_tps, m_ft, m_tps = med(direct, 0), med(direct, 1), med(mesh, 0), med(mesh, 1)
+    print(f"{'path':<34} {'first token ms':>15} {'tokens/s':>9} {'tokens':>7}")
+    print("-" * 68)
+    print(f"{'direct llama-cpp-python':<34} {d_ft:>15.1f} {d_tps:>9.1f} {direct[0][2]:>7}")
+    print(f"{'one provider over libp2p':<34} {m_ft:>15.1f} {m_tps:>9.1f} {mesh[0][2]:>7}")
+    print(f"{'mesh / direct':<34} {m_ft / d_ft:>15.2f} {m_tps / d_tps:>9.3f}")
+    print(f"(medians of {args.runs} runs each, alternating; one thread per side)")
+    print(f"RESULT mesh_over_direct_tps={m_tps / d_tps:.3f}")
+    print(f"RESULT first_token_overhead_ms={m_ft - d_ft:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The consumer's journal of jobs it has not settled yet: recovery after a crash or a failed
+provider. One JSON file per job in $MESH_HOME/jobs/, written atomically at every step (opened,
+each signed result, replacement), removed once the job is seen closed on-chain.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh import config
+from mesh.market import Job, ResultClaim
+from mesh.wire import job_from_wire, job_to_wire
+
+
+@dataclass
+class PendingJob:
+    job_id: bytes
+    job: Job
+    results: dict[int, ResultClaim] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "job_id": "0x" + self.job_id.hex(),
+            "job": job_to_wire(self.job),
+            "results": {str(i): {"output_hash": "0x" + r.output_hash.hex(), "token_count": r.token_count,
+                                 "signature": "0x" + r.signature.hex()} for i, r in self.results.items()},
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PendingJob:
+        d = json.loads(text)
+        job_id = bytes.fromhex(d["job_id"][2:])
+        results = {int(i): ResultClaim(job_id, bytes.fromhex(r["output_hash"][2:]), int(r["token_count"]),
+                                       bytes.fromhex(r["signature"][2:])) for i, r in d["results"].items()}
+        return cls(job_id, job_from_wire(d["job"]), results)
+
+
+class Journal:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or config.home() / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, job_id: bytes) -> Path:
+        return self.root / f"0x{job_id.hex()}.json"
+
+    def save(self, p: PendingJob) -> None:
+        path = self._path(p.job_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(p.to_json())
+        tmp.replace(path)
+
+    def remove(self, job_id: bytes) -> None:
+        self._path(job_id).unlink(missing_ok=True)
+
+    def pending(self) -> list[PendingJob]:
+        out = []
+        for path in sorted(self.root.glob("0x*.json")):
+            try:
+                out.append(PendingJob.from_json(path.read_text()))
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged entry is skipped, not fatal; it stays for inspection
+        return out
