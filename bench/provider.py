@@ -30,7 +30,7 @@ from mesh.keys import dev_account  # noqa: E402
 from mesh.p2p import Node  # noqa: E402
 from mesh.wire import InferRequest, Sampling  # noqa: E402
 from provider.engine import default_model_path  # noqa: E402
-from tests.meshnet import MeshNet, temp_root  # noqa: E402
+from mesh.localnet import MeshNet, temp_root  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 

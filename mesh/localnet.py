@@ -1,6 +1,6 @@
-"""A real local mesh for tests and benchmarks: Anvil, the contracts, and provider processes
-started through the CLI (`mesh provider register` + `mesh provider start`), each with its own
-user directory. Used by the provider and consumer tests and by bench/.
+"""A real local mesh on one machine: Anvil, the contracts, and provider processes started
+through the CLI (`mesh provider register` + `mesh provider start`), each with its own user
+directory. `mesh demo`, the tests and the benchmarks all run on it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from mesh.keys import dev_account
 from mesh.market import MarketClient
 
 MESH = 10**6
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -79,7 +79,8 @@ class MeshNet:
         self.providers[index] = p
         return p
 
-    def start(self, index: int, *extra: str, timeout: float = 120.0) -> ProviderProc:
+    def start(self, index: int, *extra: str, timeout: float = 120.0,
+              on_line: Callable[[int, str], None] | None = None) -> ProviderProc:
         p = self.providers[index]
         cmd = [sys.executable, "-m", "mesh.cli", "provider", "start", "--account", f"dev:{index}", *extra]
         p.proc = subprocess.Popen(cmd, env=self.env(p.home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -90,6 +91,8 @@ class MeshNet:
             assert p.proc and p.proc.stdout
             for line in p.proc.stdout:
                 p.lines.append(line.rstrip("\n"))
+                if on_line:
+                    on_line(index, line.rstrip("\n"))
                 if line.startswith("ready "):
                     _, p.peer_id, *p.addrs = line.split()
                     ready.set()
@@ -134,7 +137,8 @@ class MeshNet:
         self.chain.w3.provider.make_request("evm_mine", [])
 
 
-def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = ()) -> MeshNet:
+def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
+                  on_line: Callable[[int, str], None] | None = None) -> MeshNet:
     """Register and start providers dev:N with the given prices, in parallel where it helps."""
     net = MeshNet(root)
     try:
@@ -145,7 +149,8 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
         _parallel([lambda i=i, p=p: net.register(i, p, fund=False) for i, p in prices.items()])
-        _parallel([lambda i=i: net.start(i, *extra, *(["--cheater"] if i in cheaters else [])) for i in prices])
+        _parallel([lambda i=i: net.start(i, *extra, *(["--cheater"] if i in cheaters else []), on_line=on_line)
+                   for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:
             raise RuntimeError(f"providers {missing} failed to start")
