@@ -23,6 +23,13 @@ fi
 [ -n "$python_bin" ] || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 command -v npm >/dev/null || { echo "Node.js and npm are required for Anvil and solc (apt-get install nodejs npm)" >&2; exit 1; }
 
+# PostgreSQL server binaries: the ledger's test suite runs against a real server it starts itself.
+if [ "$mode" = "--test" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing PostgreSQL (Debian package) for the ledger tests" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
 stamp=".venv/.setup-stamp"
 want="$(cat pyproject.toml package-lock.json setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x node_modules/.bin/anvil ]; then

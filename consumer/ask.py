@@ -226,8 +226,8 @@ class Asker:
                 try:
                     if address_from_peer_id(o.peer_id) != o.address:
                         raise ProviderFailed("wrong_peer", "endpoint peer id is not the registered address")
-                    m = await fetch_manifest(node, o.peer_id, o.addrs, MANIFEST_TIMEOUT)
-                    if bytes.fromhex(m.manifest_hash()[2:]) != o.manifest_hash:
+                    m, digest = await fetch_manifest(node, o.peer_id, o.addrs, MANIFEST_TIMEOUT)
+                    if digest != o.manifest_hash:
                         raise ProviderFailed("stale", "manifest differs from the registered one")
                     if bytes.fromhex(m.model_sha256[2:]) != model_hash:
                         raise ProviderFailed("stale", "manifest is for another model")

@@ -14,7 +14,10 @@ from eth_utils import keccak, to_checksum_address
 from mesh.errors import MeshError
 from mesh.market import ResultClaim
 from mesh.p2p import Node, P2PError, address_from_peer_id
-from mesh.wire import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, WireError
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from mesh.wire import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, WireError, canonical_json
 from provider.manifest import Manifest, ManifestError
 
 #: The first token needs the provider's on-chain check and the prompt's evaluation.
@@ -42,8 +45,9 @@ class Answer:
     total_ms: float
 
 
-async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout: float = 10.0) -> Manifest:
-    """The provider's signed manifest; its signer must be the peer Noise authenticated."""
+async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout: float = 10.0) -> tuple[Manifest, bytes]:
+    """The provider's signed manifest and the keccak256 of what was received (what the registry
+    holds); its signer must be the peer Noise authenticated."""
     try:
         async with node.open_session(peer_id, addrs, MANIFEST_PROTOCOL, timeout) as s:
             await s.send({"type": "manifest_request"})
@@ -52,14 +56,19 @@ async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout
         raise ProviderFailed("unreachable", f"cannot fetch the manifest of {peer_id}: {exc}") from exc
     if frame.get("type") != "manifest":
         raise ProviderFailed("bad_manifest", f"{peer_id} answered {frame.get('type')!r} instead of a manifest")
+    raw = frame.get("manifest")
     try:
-        manifest = Manifest.from_dict(frame.get("manifest"))
-        signer = manifest.verify()
-    except (ManifestError, ValueError, TypeError) as exc:
+        manifest = Manifest.from_dict(raw)
+        # Hash and verify what was received, unknown fields included: a newer provider may add
+        # fields, and its registered manifest hash covers them.
+        body = {k: v for k, v in raw.items() if k != "signature"}
+        digest = keccak(canonical_json(body))
+        signer = Account.recover_message(encode_defunct(primitive=digest), signature=bytes.fromhex(raw["signature"][2:]))
+    except (ManifestError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ProviderFailed("bad_manifest", f"{peer_id} sent an invalid manifest: {exc}") from exc
-    if signer != address_from_peer_id(peer_id) or manifest.peer_id != peer_id:
+    if signer != address_from_peer_id(peer_id) or manifest.peer_id != peer_id or signer != manifest.provider:
         raise ProviderFailed("bad_manifest", f"the manifest of {peer_id} is signed by someone else")
-    return manifest
+    return manifest, digest
 
 
 async def run_job(node: Node, peer_id: str, addrs: Sequence[str], req: InferRequest, *, chain_id: int, market: str,

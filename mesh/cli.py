@@ -29,10 +29,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mesh.commands import account, chain, consumer, contracts, demo, provider, token
+    from mesh.commands import account, chain, consumer, contracts, demo, ledger, provider, token
 
     for group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider,
-                  consumer.ask, consumer.models, consumer.settle, demo.demo):
+                  consumer.ask, consumer.models, consumer.settle, ledger.ledger, demo.demo):
         main.add_command(group)
 
 

@@ -29,6 +29,7 @@ def mesh_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MESH_HOME", str(tmp_path / "mesh-home"))
     monkeypatch.setenv("MESH_KDF_N", "16")  # cheap scrypt for throwaway test keystores
     monkeypatch.delenv("MESH_RPC_URL", raising=False)
+    monkeypatch.delenv("MESH_LEDGER_URL", raising=False)
     monkeypatch.delenv("MESH_PASSWORD", raising=False)
     return tmp_path / "mesh-home"
 

@@ -95,10 +95,10 @@ def test_manifest_matches_the_chain(meshnet):
         async with Node.start(bytes(CONSUMER.key)) as node:
             return await fetch_manifest(node, p.peer_id, p.addrs)
 
-    m = trio.run(main)
+    m, digest = trio.run(main)
     listing = net.mc.account(p.address)
     assert m.verify() == p.address and m.peer_id == p.peer_id
-    assert bytes(listing["manifest_hash"]) == bytes.fromhex(m.manifest_hash()[2:])
+    assert bytes(listing["manifest_hash"]) == digest == bytes.fromhex(m.manifest_hash()[2:])
     assert bytes(listing["model_hash"]) == net.model_hash == bytes.fromhex(m.model_sha256[2:])
     assert m.quantization == "Q4_1" and m.price_per_token == 10 and m.hardware.cpu_threads == 1
 
