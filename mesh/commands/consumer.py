@@ -27,16 +27,6 @@ def _model_hash(model: str) -> bytes:
     return bytes.fromhex(file_sha256(path)[2:])
 
 
-def _ranker(chain):
-    """Rank offers with the ledger's reputation when it is available, else by price."""
-    try:
-        from consumer.selection import ledger_ranker
-
-        return ledger_ranker(chain)
-    except ImportError:
-        return None
-
-
 @click.command()
 @click.argument("prompt")
 @click.option("--model", default="default", show_default=True, help="Model: 0x sha256 of the GGUF file, a GGUF path, or 'default'.")
@@ -66,7 +56,10 @@ def ask(prompt, model, max_tokens, max_price, system, allow, seed, temperature, 
     allow = [a for item in allow for a in item.split(",") if a.strip()]
     offers = eligible(chain, discover(chain, model_hash), acct.address, max_tokens, max_price, allow)
     need = 3 * max_tokens * max_price
-    asker = Asker(chain, acct, rank=_ranker(chain), on_event=say)
+    from consumer.selection import Selector
+
+    selector = Selector.open(chain, on_warning=say)
+    asker = Asker(chain, acct, rank=selector.rank, observe=selector.observe, on_event=say)
     missing_balance, missing_allowance = asker.check_funds(need)
     if missing_balance:
         raise ConfigError(f"escrow for this query may need {format_amount(need)}; you are {format_amount(missing_balance)} short",
@@ -86,7 +79,12 @@ def ask(prompt, model, max_tokens, max_price, system, allow, seed, temperature, 
             click.echo(text, nl=False)
             sys.stdout.flush()
 
-    receipt = asker.ask(messages, model_hash, offers, opts, on_token=stream)
+    try:
+        receipt = asker.ask(messages, model_hash, offers, opts, on_token=stream)
+        if selector.synced:
+            selector.sync()  # record this job's outcome for the next selection
+    finally:
+        selector.close()
     if as_json:
         click.echo(json.dumps(receipt.as_dict(), indent=2))
     else:
@@ -127,13 +125,11 @@ def models(rpc, as_json) -> None:
     by_model: dict[bytes, list] = {}
     for log in chain.registry.events.ProviderRegistered.get_logs(from_block=chain.deployment.block):
         by_model.setdefault(bytes(log["args"]["modelHash"]), [])
-    scores = {}
-    try:
-        from consumer.selection import reputation_scores
+    from consumer.selection import Selector
 
-        scores = reputation_scores(chain)
-    except ImportError:
-        pass
+    selector = Selector.open(chain, on_warning=lambda m: click.echo(m, err=True))
+    scores = selector.scores() if selector.synced else {}
+    selector.close()
     out = []
     for mh in by_model:
         for o in discover(chain, mh):

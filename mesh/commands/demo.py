@@ -40,6 +40,7 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
     from consumer.ask import AskOptions, Asker, discover, eligible
     from consumer.journal import Journal
     from mesh.commands.consumer import print_receipt
+    from consumer.selection import Selector
     from mesh.localnet import start_meshnet
 
     t0 = time.monotonic()
@@ -60,11 +61,12 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
         net.fund(CONSUMER)
         net.mc.deposit(consumer, 10 * MESH)  # prepaid credit: each query then needs no token transfer
         journal = Journal(root / "consumer-jobs")
-        rank = _ranker(net)
+        selector = Selector.open(net.chain, url=f"sqlite:///{root / 'consumer-ledger.sqlite'}")
         for k, q in enumerate(questions or QUESTIONS, 1):
             click.secho(f"\n== query {k}: {q}", bold=True)
             offers = eligible(net.chain, discover(net.chain, net.model_hash), consumer.address, max_tokens, 20)
-            asker = Asker(net.chain, consumer, journal=journal, rank=rank, on_event=lambda m: click.echo(f"   {m}"))
+            asker = Asker(net.chain, consumer, journal=journal, rank=selector.rank, observe=selector.observe,
+                          on_event=lambda m: click.echo(f"   {m}"))
             receipt = asker.ask([("user", q)], net.model_hash, offers, AskOptions(max_tokens=max_tokens, max_price=20),
                                 on_token=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
             click.echo()
@@ -72,7 +74,8 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
                 click.secho("[the streamed answer was outvoted; the verified answer:]", bold=True)
                 click.echo(receipt.text)
             print_receipt(receipt)
-            _observe(net, receipt)
+            selector.sync()  # the outcome (and any slash) now weighs on the next selection
+        selector.close()
 
         click.secho("\n== final balances (base units are exact; MESH has 6 decimals)", bold=True)
         rows = []
@@ -91,19 +94,3 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
         if net is not None:
             net.close()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _ranker(net):
-    try:
-        from consumer.selection import Selector
-    except ImportError:
-        return None
-    return Selector.for_chain(net.chain, url=None).rank
-
-
-def _observe(net, receipt) -> None:
-    try:
-        from consumer.selection import Selector
-    except ImportError:
-        return
-    Selector.for_chain(net.chain, url=None).sync()
