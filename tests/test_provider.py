@@ -27,7 +27,7 @@ def sampling(max_tokens=16, seed=0, question=QUESTION, temperature_milli=0) -> S
 
 
 def open_job(net, s: Sampling, idx=(1, 2, 3), consumer=CONSUMER):
-    job_id, job, _ = net.mc.open_job(consumer, net.model_hash, s.prompt_hash(net.model_hash), s.max_tokens, 10,
+    job_id, job, _ = net.mc.open_job(consumer, net.model_hash, s.prompt_hash(net.model_hash), s.max_tokens, 20,
                                      [net.providers[i].address for i in idx], approve=False)
     return job_id, job
 
