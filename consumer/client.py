@@ -110,6 +110,9 @@ async def run_job(node: Node, peer_id: str, addrs: Sequence[str], req: InferRequ
     text = "".join(pieces)
     if keccak(text.encode("utf-8")) != result.output_hash:
         raise ProviderFailed("bad_result", "the streamed text does not hash to the signed output hash", expected)
+    if result.token_count > req.job.max_tokens:
+        raise ProviderFailed("bad_result", f"the result claims {result.token_count} tokens, above the job's {req.job.max_tokens}",
+                             expected)
     claim = ResultClaim(req.job_id, result.output_hash, result.token_count, result.signature)
     if claim.signer(chain_id, market) != expected:
         raise ProviderFailed("bad_result", "the result is not signed by the provider", expected)
