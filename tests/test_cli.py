@@ -41,6 +41,14 @@ def test_deploy_faucet_balance_end_to_end(fresh_anvil, mesh_home):
     assert json.loads(r.output)["balances"][dev_account(3).address] == 12_500_000
     r = run("contracts", "show")
     assert dep["market"] in r.output
+    r = run("token", "deposit", "2.5", "--account", "dev:3")
+    assert r.exit_code == 0 and "credit 2.500000 MESH" in r.output, r.output
+    r = run("token", "credit", "--account", "dev:3", "--json")
+    assert json.loads(r.output)["credit"] == 2_500_000
+    r = run("token", "withdraw-credit", "--account", "dev:3")
+    assert r.exit_code == 0 and "withdrew 2.500000 MESH" in r.output
+    r = run("token", "withdraw-credit", "--account", "dev:3")
+    assert r.exit_code == 1 and "no credit to withdraw" in r.output
 
 
 def test_no_node_is_a_clear_error(mesh_home):

@@ -71,3 +71,51 @@ def approve(amount: int, account_name: str | None, rpc: str | None) -> None:
     acct = resolve_account(account_name, chain.chain_id)
     chain.transact(acct, chain.token.functions.approve(chain.registry.address, amount))
     click.echo(f"{acct.address} approved {format_amount(amount)} for the registry {chain.registry.address}")
+
+
+@token.command()
+@click.argument("amount", callback=_amount)
+@account_option
+@rpc_option
+def deposit(amount: int, account_name: str | None, rpc: str | None) -> None:
+    """Prepay AMOUNT as credit in the vault: queries spend credit first, with no token transfer."""
+    from mesh.market import MarketClient
+
+    chain = open_chain(rpc)
+    acct = resolve_account(account_name, chain.chain_id)
+    chain.require_balance(acct.address, amount, "the deposit")
+    mc = MarketClient(chain)
+    mc.deposit(acct, amount)
+    click.echo(f"{acct.address}: credit {format_amount(mc.credit(acct.address))}")
+
+
+@token.command()
+@account_option
+@rpc_option
+@json_option
+def credit(account_name: str | None, rpc: str | None, as_json: bool) -> None:
+    """Your credit in the vault (deposits and refunds not yet spent)."""
+    from mesh.market import MarketClient
+
+    chain = open_chain(rpc)
+    acct = resolve_account(account_name, chain.chain_id)
+    value = MarketClient(chain).credit(acct.address)
+    if as_json:
+        echo_json({"address": acct.address, "credit": value})
+    else:
+        click.echo(f"{acct.address}: credit {format_amount(value)}")
+
+
+@token.command(name="withdraw-credit")
+@account_option
+@rpc_option
+def withdraw_credit(account_name: str | None, rpc: str | None) -> None:
+    """Take your whole credit back to your wallet."""
+    from mesh.market import MarketClient
+
+    chain = open_chain(rpc)
+    acct = resolve_account(account_name, chain.chain_id)
+    mc = MarketClient(chain)
+    amount = mc.credit(acct.address)
+    mc.withdraw_credit(acct)
+    click.echo(f"{acct.address}: withdrew {format_amount(amount)}; wallet {format_amount(chain.balance(acct.address))}")
