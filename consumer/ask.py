@@ -116,7 +116,7 @@ def discover(chain: Chain, model_hash: bytes) -> list[Offer]:
     still its listing on-chain (a later registration for another model or a deregistration wins)."""
     latest: dict[str, dict] = {}
     event = chain.registry.events.ProviderRegistered
-    logs = event.get_logs(from_block=chain.deployment.block, argument_filters={"modelHash": model_hash})
+    logs = event.get_logs(from_block=chain.deployment.start_block or chain.deployment.block, argument_filters={"modelHash": model_hash})
     for log in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
         latest[to_checksum_address(log["args"]["provider"])] = dict(log["args"])
     offers = []

@@ -270,6 +270,9 @@ class Indexer:
     def _start_block(self) -> int:
         """The registry's deployment block: providers may register before the market is bound."""
         dep = self.chain.deployment
+        if dep.start_block:
+            return dep.start_block
+        # Older deployment records lack it: bisect for the block where the registry's code appeared.
         registry = to_checksum_address(dep.registry)
         lo, hi = 0, dep.block
         try:

@@ -280,7 +280,7 @@ def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams |
     decoder = RevertDecoder([load_artifact(n)["abi"] for n in ("MeshToken", "ProviderRegistry", "JobMarket")])
     if token_address is None:
         token_address, _ = deploy_contract(w3, account, "MeshToken", account.address, decoder=decoder)
-    registry_address, _ = deploy_contract(
+    registry_address, registry_receipt = deploy_contract(
         w3, account, "ProviderRegistry", token_address, params.thaw_period, params.min_job_lock,
         params.collateral_ratio, decoder=decoder,
     )
@@ -301,6 +301,7 @@ def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams |
         block_hash=block["hash"].to_0x_hex(),
         deployer=account.address,
         params=params,
+        start_block=registry_receipt["blockNumber"],
     )
 
 

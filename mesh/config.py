@@ -79,6 +79,9 @@ class Deployment:
     block_hash: str
     deployer: str
     params: MarketParams = field(default_factory=MarketParams)
+    #: The registry's deployment block: providers may register before the market is bound, so
+    #: event readers start here. 0 in records written before it existed (readers then search).
+    start_block: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -97,6 +100,7 @@ class Deployment:
                 block_hash=str(data["block_hash"]),
                 deployer=str(data["deployer"]),
                 params=params,
+                start_block=int(data.get("start_block", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"deployment record is damaged ({exc})", "run `mesh contracts deploy` again") from exc

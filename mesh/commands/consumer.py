@@ -123,7 +123,7 @@ def models(rpc, as_json) -> None:
 
     chain = open_chain(rpc)
     by_model: dict[bytes, list] = {}
-    for log in chain.registry.events.ProviderRegistered.get_logs(from_block=chain.deployment.block):
+    for log in chain.registry.events.ProviderRegistered.get_logs(from_block=chain.deployment.start_block or chain.deployment.block):
         by_model.setdefault(bytes(log["args"]["modelHash"]), [])
     from consumer.selection import Selector
 
