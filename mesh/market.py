@@ -180,7 +180,9 @@ class MarketClient:
         salt = salt or new_salt()
         providers = [to_checksum_address(p) for p in providers]
         if approve:
-            need = max_tokens * price_cap * 3 - self.credit(acct.address)
+            # Exactly the escrow the registry will take from the wallet, at the current prices.
+            prices = [self.registry.accounts(p).call()[3] for p in providers]
+            need = max_tokens * sum(prices) - self.credit(acct.address)
             if need > 0:
                 self.chain.ensure_allowance(acct, self.chain.registry.address, need)
         receipt = self.chain.transact(acct, self.market.openJob(salt, model_hash, prompt_hash, max_tokens, price_cap, providers))

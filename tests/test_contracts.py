@@ -571,3 +571,30 @@ def test_endpoint_is_announced_and_bounded(market):
     assert ev["endpoint"] == endpoint and ev["price"] == PRICE
     with reverts("EndpointTooLong"):
         m.mc.register(m.providers[0], MODEL, keccak(b"manifest"), PRICE, "x" * 257)
+
+
+def test_zero_commitment_refused(market):
+    m = market
+    job_id, job, _ = m.open()
+    with reverts("ZeroCommitment"):
+        m.mc.commit(m.providers[0], job_id, job, 0, b"\x00" * 32)
+
+
+def test_commit_without_reveal_is_slashed_no_free_veto(market):
+    """A provider commits (so the consumer can neither drop nor replace it), then never reveals.
+    The other two reveal and are paid; the withholder loses its lock."""
+    m = market
+    job_id, job, _ = m.open(max_tokens=100)
+    salts = [keccak(b"s%d" % i) for i in range(3)]
+    for i, p in enumerate(m.providers[:3]):
+        m.mc.commit(p, job_id, job, i, commitment(job_id, p.address, OUT_A, 20, salts[i]))
+    m.advance(P.delivery_window)
+    with reverts("AlreadyCommitted"):
+        m.mc.replace_provider(m.consumer, job_id, job, 0, m.providers[3].address)
+    m.advance(P.settle_window + P.commit_window - P.delivery_window)
+    for i in (1, 2):
+        m.mc.reveal(m.providers[i], job_id, job, i, OUT_A, 20, salts[i])
+    m.advance(P.reveal_window)
+    ev = m.mc.settled_event(m.mc.finalize(m.outsider, job_id, job))
+    assert list(ev["paid"]) == [0, 200, 200] and ev["slashMask"] == 0b001
+    assert acct_state(m, m.providers[0])["stake"] == STAKE - lock(m, 100)

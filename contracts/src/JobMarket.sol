@@ -110,6 +110,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     error MissingResult(uint8 index);
     error AlreadyCommitted(uint8 index);
     error NoCommitment(uint8 index);
+    error ZeroCommitment();
     error CommitmentMismatch(uint8 index);
     error AlreadyRevealed(uint8 index);
 
@@ -212,7 +213,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
             present |= 1 << i;
         }
         bytes32[3] memory outputs = [results[0].outputHash, results[1].outputHash, results[2].outputHash];
-        _close(jobId, job, keys, outputs, counts, present);
+        _close(jobId, job, keys, outputs, counts, present, 0);
     }
 
     // ---------------------------------------------------------------- providers (fallback path)
@@ -227,6 +228,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         uint64 commitEnd = job.openedAt + settleWindow + commitWindow;
         if (block.timestamp >= commitEnd) revert TooLate(commitEnd);
         if (_commits[jobId][index] != bytes32(0)) revert AlreadyCommitted(index);
+        if (commitment == bytes32(0)) revert ZeroCommitment(); // zero means "none" in storage
         _commits[jobId][index] = commitment;
         emit ResultCommitted(jobId, index, msg.sender, commitment);
     }
@@ -254,6 +256,9 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
 
     /// After the reveal window anyone may close a job the consumer did not settle: the revealed
     /// majority is paid, a revealed dissenter slashed, everything else refunded to the consumer.
+    /// A provider that committed and never revealed is slashed too: its commitment stopped the
+    /// consumer from settling without it or replacing it, so withholding the reveal would be a
+    /// free veto over everyone's pay.
     function finalize(bytes32 jobId, Job calldata job) external nonReentrant {
         _checkOpen(jobId, job);
         uint64 revealEnd = job.openedAt + settleWindow + commitWindow + revealWindow;
@@ -262,9 +267,13 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         bytes32[3] memory outputs;
         uint64[3] memory counts;
         uint256 present;
+        uint256 withheld;
         for (uint8 i; i < 3; ++i) {
             Reveal memory r = _reveals[jobId][i];
-            if (!r.revealed) continue;
+            if (!r.revealed) {
+                if (_commits[jobId][i] != bytes32(0)) withheld |= 1 << i;
+                continue;
+            }
             keys[i] = keccak256(abi.encode(r.outputHash, r.tokenCount));
             outputs[i] = r.outputHash;
             counts[i] = r.tokenCount;
@@ -272,7 +281,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         }
         delete _commits[jobId];
         delete _reveals[jobId];
-        _close(jobId, job, keys, outputs, counts, present);
+        _close(jobId, job, keys, outputs, counts, present, withheld);
     }
 
     // ---------------------------------------------------------------- views
@@ -316,13 +325,15 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
 
     /// Majority rule over the present results. A result is a vote for (outputHash, tokenCount);
     /// a claim of more tokens than maxTokens is provably false and never counts, and is slashed.
+    /// `withheld` marks committed-but-unrevealed providers, slashed whatever the outcome.
     function _close(
         bytes32 jobId,
         Job calldata job,
         bytes32[3] memory keys,
         bytes32[3] memory outputs,
         uint64[3] memory counts,
-        uint256 present
+        uint256 present,
+        uint256 withheld
     ) private {
         jobHashes[jobId] = CLOSED;
         uint256 valid;
@@ -336,7 +347,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         if (valid & 6 == 6 && keys[1] == keys[2]) agree |= 6;
 
         uint256[3] memory pays;
-        uint256 slashMask = present & ~valid;
+        uint256 slashMask = (present & ~valid) | withheld;
         uint256 payTotal;
         bytes32 majorityOutput;
         if (agree != 0) {
