@@ -87,14 +87,14 @@ class AnvilProcess:
 
 
 def start_anvil(port: int | None = None, *, ready_timeout: float = 15.0, detach: bool = False,
-                log_path: Path | None = None) -> AnvilProcess:
+                log_path: Path | None = None, chain_id: int = 31337) -> AnvilProcess:
     """Start Anvil on 127.0.0.1:port (a free port when None) and wait until it answers."""
     port = port or free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise ConfigError(f"port {port} is already in use", "pick another with --port, or stop what runs there")
     cmd = [str(find_anvil()), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
-           "--chain-id", "31337"]
+           "--chain-id", str(chain_id)]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

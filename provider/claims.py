@@ -14,10 +14,12 @@ dropped as soon as its job is seen closed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from eth_account.signers.local import LocalAccount
@@ -25,6 +27,7 @@ from eth_account.signers.local import LocalAccount
 from mesh.chain import Chain
 from mesh.errors import ChainError
 from mesh.market import Job, MarketClient, commitment
+from mesh.wire import job_from_wire, job_to_wire
 
 log = logging.getLogger("meshmarket.provider.claims")
 
@@ -40,11 +43,23 @@ class Claim:
     committed: bool = False
     revealed: bool = False
 
+    def to_dict(self) -> dict:
+        return {"job_id": "0x" + self.job_id.hex(), "job": job_to_wire(self.job), "index": self.index,
+                "output_hash": "0x" + self.output_hash.hex(), "token_count": self.token_count,
+                "salt": "0x" + self.salt.hex(), "committed": self.committed, "revealed": self.revealed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Claim:
+        return cls(bytes.fromhex(d["job_id"][2:]), job_from_wire(d["job"]), int(d["index"]),
+                   bytes.fromhex(d["output_hash"][2:]), int(d["token_count"]), bytes.fromhex(d["salt"][2:]),
+                   bool(d["committed"]), bool(d["revealed"]))
+
 
 class ClaimKeeper:
     """Thread-safe set of served jobs not yet seen closed; `tick()` advances each one."""
 
-    def __init__(self, chain: Chain, account: LocalAccount, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(self, chain: Chain, account: LocalAccount, on_event: Callable[[str], None] | None = None,
+                 path: Path | None = None) -> None:
         self.chain = chain
         self.account = account
         self.mc = MarketClient(chain)
@@ -54,10 +69,29 @@ class ClaimKeeper:
         self._claims: dict[bytes, Claim] = {}
         self._lock = threading.Lock()
         self.on_event = on_event or (lambda msg: log.info(msg))
+        #: Claims are money owed: they are written to disk (salt included: without it a commitment
+        #: can never be revealed), so a restarted provider still collects.
+        self.path = path
+        if path is not None and path.exists():
+            try:
+                for d in json.loads(path.read_text()):
+                    c = Claim.from_dict(d)
+                    self._claims[c.job_id] = c
+            except (ValueError, KeyError, TypeError) as exc:
+                self.on_event(f"claims file {path} is damaged ({exc}); starting without it")
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([c.to_dict() for c in self._claims.values()]))
+        os.chmod(tmp, 0o600)  # the salts are secrets until revealed
+        tmp.replace(self.path)
 
     def add(self, claim: Claim) -> None:
         with self._lock:
             self._claims[claim.job_id] = claim
+            self._save()
 
     def pending(self) -> list[Claim]:
         with self._lock:
@@ -66,6 +100,11 @@ class ClaimKeeper:
     def _drop(self, job_id: bytes) -> None:
         with self._lock:
             self._claims.pop(job_id, None)
+            self._save()
+
+    def _update(self) -> None:
+        with self._lock:
+            self._save()
 
     def tick(self) -> None:
         """One pass over the pending claims (synchronous: run it in a worker thread)."""
@@ -97,10 +136,12 @@ class ClaimKeeper:
             self.mc.commit(self.account, c.job_id, c.job, c.index,
                            commitment(c.job_id, self.account.address, c.output_hash, c.token_count, c.salt))
             c.committed = True
+            self._update()
             self.on_event(f"job 0x{c.job_id.hex()[:12]}…: not settled after the delivery window; result committed on-chain")
         elif c.committed and not c.revealed and commit_end <= now < reveal_end:
             self.mc.reveal(self.account, c.job_id, c.job, c.index, c.output_hash, c.token_count, c.salt)
             c.revealed = True
+            self._update()
             self.on_event(f"job 0x{c.job_id.hex()[:12]}…: result revealed")
         elif now >= reveal_end:
             receipt = self.mc.finalize(self.account, c.job_id, c.job)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 from eth_account.signers.local import LocalAccount
@@ -103,22 +105,30 @@ class JobGate:
 class ServedJobs:
     """Each (job, index) is computed once: a replayed request gets `replayed`, not a second run.
 
-    `persist` (optional) records a claim durably before compute, so a restart does not forget.
+    With a `path`, every claim is appended (and flushed) before compute, so a restart does not
+    forget what was served. Entries of closed jobs are harmless: job ids are never reused.
     """
 
-    def __init__(self, persist: Callable[[bytes, int], bool] | None = None) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self._seen: set[tuple[bytes, int]] = set()
         self._lock = threading.Lock()
-        self._persist = persist
+        self._path = path
+        if path is not None and path.exists():
+            for line in path.read_text().splitlines():
+                job, _, index = line.partition(" ")
+                if len(job) == 66 and index.isdigit():
+                    self._seen.add((bytes.fromhex(job[2:]), int(index)))
 
     def claim(self, job_id: bytes, index: int) -> bool:
         with self._lock:
             key = (job_id, index)
             if key in self._seen:
                 return False
-            if self._persist is not None and not self._persist(job_id, index):
-                self._seen.add(key)
-                return False
+            if self._path is not None:
+                with open(self._path, "a") as fh:
+                    fh.write(f"0x{job_id.hex()} {index}\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
             self._seen.add(key)
             return True
 

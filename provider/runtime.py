@@ -146,9 +146,11 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     if file_sha256(settings.model_path) != manifest.model_sha256:
         raise ConfigError(f"{settings.model_path} changed since registration", "run `mesh provider register` again")
     engine = engine or LlamaCppEngine(settings.model_path, n_threads=settings.threads, n_gpu_layers=settings.gpu_layers)
-    keeper = ClaimKeeper(chain, account, on_event=on_claim)
+    state = config.home() / f"provider-{account.address}"
+    state.mkdir(exist_ok=True)
+    keeper = ClaimKeeper(chain, account, on_event=on_claim, path=state / "claims.json")
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
-                              served=ServedJobs(), cheater=cheater, on_job=on_job, claims=keeper)
+                              served=ServedJobs(state / "served.log"), cheater=cheater, on_job=on_job, claims=keeper)
 
     async def watch_claims() -> None:
         while True:

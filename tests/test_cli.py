@@ -120,3 +120,12 @@ def test_chain_up_detach_and_down(mesh_home):
     finally:
         down = run("chain", "down")
     assert down.exit_code == 0 and "stopped" in down.output
+
+
+def test_another_chain_at_the_url_is_a_clear_error(mesh_home):
+    with start_anvil() as node:
+        assert run("contracts", "deploy", "--rpc", node.url).exit_code == 0
+        port = node.port
+    with start_anvil(port, chain_id=1337):
+        r = run("token", "balance")
+        assert r.exit_code == 1 and "is chain 1337" in r.output and "31337" in r.output
