@@ -29,7 +29,7 @@ from consumer.client import Answer, ProviderFailed, fetch_manifest, run_job
 from consumer.journal import Journal, PendingJob
 from mesh.chain import Chain
 from mesh.errors import ChainError, MeshError
-from mesh.market import Job, MarketClient, ResultClaim
+from mesh.market import Job, MarketClient, ResultClaim, job_id_for, new_salt
 from mesh.p2p import Node, address_from_peer_id
 from mesh.types import format_amount
 from mesh.wire import InferRequest, Sampling
@@ -258,18 +258,39 @@ class Asker:
                                     "retry later, or raise --max-price to reach more providers")
             timings["discover"] = (time.perf_counter() - t_start) * 1000
             chosen, spares = verified[:3], verified[3:]
-            t = time.perf_counter()
-            job_id, job, receipt = await trio.to_thread.run_sync(
-                lambda: self.mc.open_job(self.account, model_hash, sampling.prompt_hash(model_hash), sampling.max_tokens,
-                                         max(o.price for o in verified), [o.address for o in chosen], approve=False))
-            gas["open"] = receipt["gasUsed"]
-            timings["open"] = (time.perf_counter() - t) * 1000
-            pending = PendingJob(job_id, job)
-            self.journal.save(pending)
-            self.on_event(f"job 0x{job_id.hex()} opened: escrow {format_amount(job.escrow)}")
+            salt = new_salt()
+            job_id = job_id_for(self.account.address, salt)
+            opened = trio.Event()
+            box: dict = {}
 
-            state = _Run(job_id, job, chosen, spares)
+            async def open_on_chain() -> None:
+                t = time.perf_counter()
+                try:
+                    _, state.job, receipt = await trio.to_thread.run_sync(
+                        lambda: self.mc.open_job(self.account, model_hash, sampling.prompt_hash(model_hash),
+                                                 sampling.max_tokens, max(o.price for o in verified),
+                                                 [o.address for o in chosen], salt=salt, approve=False))
+                    timings["open"] = (time.perf_counter() - t) * 1000
+                    gas["open"] = receipt["gasUsed"]
+                    pending.job = state.job
+                    self.journal.save(pending)
+                    self.on_event(f"job 0x{job_id.hex()} opened: escrow {format_amount(state.job.escrow)}")
+                except Exception as exc:  # reported once the slots have stopped
+                    box["error"] = exc
+                finally:
+                    opened.set()  # after state.job is set: the slots read it as soon as this fires
+
+            state = _Run(job_id, None, chosen, spares)
             slots = [SlotReport(i, o.address, o.price) for i, o in enumerate(chosen)]
+            pending = PendingJob(job_id, None)
+
+            async def request_for(i: int) -> InferRequest:
+                """The slot's request, once the job is open (the stream was opened meanwhile)."""
+                await opened.wait()
+                if "error" in box:
+                    raise _JobNotOpened()
+                return InferRequest(job_id, state.job, i, sampling)
+
             t_gen = time.perf_counter()
             streamer: list[int] = []  # the slot whose tokens are shown: the first to produce one
             streamed: list[str] = []
@@ -288,14 +309,23 @@ class Asker:
                 return cb
 
             async def run_slot(i: int) -> None:
+                first = True
                 while True:
                     offer = state.current[i]
+                    req = (lambda: request_for(i)) if first else InferRequest(job_id, state.job, i, sampling)
+                    first = False
                     try:
                         answer: Answer = await run_job(
-                            node, offer.peer_id, offer.addrs, InferRequest(job_id, state.job, i, sampling),
+                            node, offer.peer_id, offer.addrs, req, expected=offer.address,
                             chain_id=self.chain.chain_id, market=self.chain.market.address, on_token=token_cb(i),
                             first_token_timeout=opts.first_token_timeout, token_timeout=opts.token_timeout)
+                    except _JobNotOpened:
+                        return
                     except ProviderFailed as exc:
+                        if not opened.is_set():  # a provider failing before the job opened: wait for it
+                            await opened.wait()
+                        if "error" in box:
+                            return
                         self.observe(offer.address, "timeout" if exc.code == "timeout" else "failure", None)
                         slots[i].status = f"failed ({exc.code})"
                         self.on_event(f"provider #{i} {offer.address[:10]}… failed: {exc}")
@@ -319,9 +349,13 @@ class Asker:
                     self.journal.save(pending)
                     return
 
+            # Streams to the three providers open while the job is being opened on-chain.
             async with trio.open_nursery() as n:
+                n.start_soon(open_on_chain)
                 for i in range(3):
                     n.start_soon(run_slot, i)
+            if "error" in box:
+                raise box["error"]
             timings["generate"] = (time.perf_counter() - t_gen) * 1000
 
         job = state.job
@@ -366,10 +400,14 @@ class Asker:
                        "".join(streamed))
 
 
+class _JobNotOpened(Exception):
+    """openJob failed: the slots stop; the error itself is raised by the query."""
+
+
 class _Run:
     """Mutable state of one query: the current job (it changes with each replacement)."""
 
-    def __init__(self, job_id: bytes, job: Job, chosen: list[Offer], spares: list[Offer]) -> None:
+    def __init__(self, job_id: bytes, job: Job | None, chosen: list[Offer], spares: list[Offer]) -> None:
         self.job_id = job_id
         self.job = job
         self.current = list(chosen)

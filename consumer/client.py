@@ -6,7 +6,7 @@ signed output hash, the token count is within the job, the EIP-712 signature is 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
@@ -71,18 +71,31 @@ async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout
     return manifest, digest
 
 
-async def run_job(node: Node, peer_id: str, addrs: Sequence[str], req: InferRequest, *, chain_id: int, market: str,
+async def run_job(node: Node, peer_id: str, addrs: Sequence[str],
+                  req: InferRequest | Callable[[], Awaitable[InferRequest]], *, chain_id: int, market: str,
                   on_token: Callable[[str], None] | None = None, connect_timeout: float = 10.0,
-                  first_token_timeout: float = FIRST_TOKEN_TIMEOUT, token_timeout: float = TOKEN_TIMEOUT) -> Answer:
-    """Send `req` to one provider, stream its tokens, verify and return its signed answer."""
-    expected = to_checksum_address(req.job.providers[req.index])
+                  first_token_timeout: float = FIRST_TOKEN_TIMEOUT, token_timeout: float = TOKEN_TIMEOUT,
+                  expected: str | None = None) -> Answer:
+    """Send a request to one provider, stream its tokens, verify and return its signed answer.
+
+    `req` may be a coroutine function: the stream is then opened first and the request awaited
+    after, so stream set-up (several ms in py-libp2p) overlaps with opening the job on-chain.
+    `expected` is the provider's address (needed up front in that case).
+    """
+    if isinstance(req, InferRequest):
+        expected = to_checksum_address(req.job.providers[req.index])
+    assert expected is not None, "pass expected= with a deferred request"
     if address_from_peer_id(peer_id) != expected:
         raise ProviderFailed("wrong_peer", f"peer {peer_id} is not provider {expected}", expected)
-    t0 = time.perf_counter()
     first_ms = float("nan")
     pieces: list[str] = []
     try:
         async with node.open_session(peer_id, addrs, INFER_PROTOCOL, connect_timeout) as s:
+            if not isinstance(req, InferRequest):
+                req = await req()
+                if to_checksum_address(req.job.providers[req.index]) != expected:
+                    raise ProviderFailed("wrong_peer", f"slot {req.index} is no longer {expected}", expected)
+            t0 = time.perf_counter()
             await s.send(req.to_wire(), max_size=256 * 1024)
             while True:
                 frame = await s.recv(timeout=token_timeout if pieces else first_token_timeout)

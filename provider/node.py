@@ -46,8 +46,9 @@ from provider.manifest import Manifest
 
 log = logging.getLogger("meshmarket.provider")
 
-#: A consumer sends its request right after opening the stream.
-REQUEST_TIMEOUT = 10.0
+#: A consumer may open the stream while its openJob transaction is being mined (a block or
+#: two on a public chain) and sends the request once the job is open.
+REQUEST_TIMEOUT = 60.0
 #: A consumer that stops reading for this long is gone: stop generating for it.
 SEND_TIMEOUT = 30.0
 CLOSED_JOB = b"\x00" * 31 + b"\x01"
