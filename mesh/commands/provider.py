@@ -163,7 +163,10 @@ def withdraw(account_name, rpc) -> None:
             msg += f" yet: {format_amount(a['thawing'])} thawing until unix time {a['thaw_ready_at']}"
         click.echo(msg)
         return
-    click.echo("withdrew " + " and ".join(done) + f"; balance {format_amount(chain.balance(acct.address))}")
+    msg = "withdrew " + " and ".join(done) + f"; balance {format_amount(chain.balance(acct.address))}"
+    if a["thawing"] and now < a["thaw_ready_at"]:
+        msg += f"; {format_amount(a['thawing'])} still thawing until unix time {a['thaw_ready_at']}"
+    click.echo(msg)
 
 
 def _address(account_name) -> str:
