@@ -193,9 +193,6 @@ class Asker:
 
     # -- funds
 
-    def escrow_needed(self, offers: Sequence[Offer], max_tokens: int) -> int:
-        return max_tokens * sum(o.price for o in offers)
-
     def check_funds(self, amount: int) -> tuple[int, int]:
         """(missing balance, missing allowance) to escrow `amount`, after credit."""
         credit = self.mc.credit(self.account.address)

@@ -58,9 +58,8 @@ from ledger.records import (
 )
 from ledger.reputation import COUNTERS, DEFAULT_HALF_LIFE_S, Evidence
 from ledger.store import Ledger
+from mesh.market import OUTCOME_MAJORITY
 
-#: JobMarket.Outcome
-OUTCOME_MAJORITY = 0
 #: Bound parameters per IN (...) list: far below SQLite's and PostgreSQL's limits.
 _CHUNK = 500
 

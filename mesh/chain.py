@@ -8,7 +8,6 @@ what to do (`decode_revert`). Provider, consumer and ledger code use `Chain`, ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -190,12 +189,6 @@ class Chain:
         return send(self.w3, account, fn, self.decoder, action=action or _fn_name(fn), gas=gas or self.fixed_gas,
                     chain_id=self.chain_id)
 
-    def call(self, fn, *, sender: str | None = None):
-        try:
-            return fn.call({"from": sender} if sender else {})
-        except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
-            raise self.decoder.decode(_revert_data(exc), _fn_name(fn)) from exc
-
     # -- common reads
 
     def balance(self, address: str) -> int:
@@ -217,10 +210,6 @@ class Chain:
                 f"{what} needs {format_amount(amount)}, {address} holds {format_amount(have)}",
                 "get tokens first (`mesh token faucet` on the local chain)",
             )
-
-    @cached_property
-    def abis(self) -> dict[str, list]:
-        return {"token": self.token.abi, "registry": self.registry.abi, "market": self.market.abi}
 
 
 def _fn_name(fn) -> str:

@@ -22,6 +22,7 @@ from eth_utils import keccak, to_checksum_address
 from web3.logs import DISCARD
 
 from mesh.chain import Chain
+from mesh.types import JobId, TokenAmount
 
 RESULT_TYPES = {
     "Result": [
@@ -31,6 +32,7 @@ RESULT_TYPES = {
     ]
 }
 JOB_ABI = "(address,bytes32,bytes32,uint64,uint64,uint64,address[3],uint64[3])"
+#: JobSettled.outcome values.
 OUTCOME_MAJORITY, OUTCOME_NO_MAJORITY = 0, 1
 
 
@@ -56,15 +58,8 @@ class Job:
         return keccak(abi_encode([JOB_ABI], [self.as_abi()]))
 
     @property
-    def escrow(self) -> int:
-        return self.max_tokens * sum(self.prices)
-
-    def index_of(self, provider: str) -> int:
-        p = to_checksum_address(provider)
-        for i, q in enumerate(self.providers):
-            if to_checksum_address(q) == p:
-                return i
-        raise ValueError(f"{provider} is not a provider of this job")
+    def escrow(self) -> TokenAmount:
+        return TokenAmount(self.max_tokens * sum(self.prices))
 
     def with_provider(self, index: int, provider: str, price: int) -> Job:
         providers = list(self.providers)
@@ -86,8 +81,8 @@ class Job:
         )
 
 
-def job_id_for(consumer: str, salt: bytes) -> bytes:
-    return keccak(abi_encode(["address", "bytes32"], [to_checksum_address(consumer), salt]))
+def job_id_for(consumer: str, salt: bytes) -> JobId:
+    return JobId(keccak(abi_encode(["address", "bytes32"], [to_checksum_address(consumer), salt])))
 
 
 def result_domain(chain_id: int, market: str) -> dict:
@@ -175,7 +170,7 @@ class MarketClient:
 
     # -- market
     def open_job(self, acct: LocalAccount, model_hash: bytes, prompt_hash: bytes, max_tokens: int, price_cap: int,
-                 providers: list[str], salt: bytes | None = None, approve: bool = True) -> tuple[bytes, Job, dict]:
+                 providers: list[str], salt: bytes | None = None, approve: bool = True) -> tuple[JobId, Job, dict]:
         """Open a job; returns (job id, the Job as stored, receipt)."""
         salt = salt or new_salt()
         providers = [to_checksum_address(p) for p in providers]
@@ -187,7 +182,7 @@ class MarketClient:
                 self.chain.ensure_allowance(acct, self.chain.registry.address, need)
         receipt = self.chain.transact(acct, self.market.openJob(salt, model_hash, prompt_hash, max_tokens, price_cap, providers))
         event = self.chain.market.events.JobOpened().process_receipt(receipt, errors=DISCARD)[0]
-        return bytes(event["args"]["jobId"]), Job.from_event(event["args"]), receipt
+        return JobId(bytes(event["args"]["jobId"])), Job.from_event(event["args"]), receipt
 
     def settle(self, acct: LocalAccount, job_id: bytes, job: Job, results: list[ResultClaim | None]) -> dict:
         encoded = [r.as_abi() if r is not None else ResultClaim.missing() for r in results]
@@ -216,8 +211,8 @@ class MarketClient:
     def withdraw_credit(self, acct: LocalAccount) -> dict:
         return self.chain.transact(acct, self.registry.withdrawCredit())
 
-    def credit(self, address: str) -> int:
-        return self.registry.credit(to_checksum_address(address)).call()
+    def credit(self, address: str) -> TokenAmount:
+        return TokenAmount(self.registry.credit(to_checksum_address(address)).call())
 
     def settled_event(self, receipt: dict) -> dict:
         return dict(self.chain.market.events.JobSettled().process_receipt(receipt, errors=DISCARD)[0]["args"])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import NewType
 
-#: A checksummed 0x-prefixed Ethereum address.
-Address = NewType("Address", str)
 #: A job id: keccak256(abi.encode(consumer, salt)), 32 bytes.
 JobId = NewType("JobId", bytes)
 #: An amount of MESH in base units (6 decimals). Money is always an int, never a float.

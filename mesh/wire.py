@@ -252,4 +252,6 @@ class ResultFrame:
 
 
 def error_frame(code: str, message: str) -> dict:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}: add it to ERROR_CODES and docs/PROTOCOL.md")
     return {"type": "error", "code": code, "message": message}
