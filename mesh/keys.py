@@ -73,6 +73,13 @@ def import_key(private_key_hex: str, password: str) -> tuple[LocalAccount, Path]
     return acct, save_keystore(acct, password)
 
 
+def has_keystore(name: str) -> bool:
+    try:
+        return _path_for(name).exists()
+    except ValueError:
+        return False
+
+
 def list_accounts() -> list[str]:
     out = []
     for p in sorted(keystore_dir().glob("*.json")):
@@ -98,6 +105,11 @@ def load_account(name: str, password: str | None, chain_id: int | None = None) -
     except ValueError as exc:
         raise KeystoreError(f"{name!r} is neither an address nor dev:N", "see `mesh account list`") from exc
     if not path.exists():
+        # On the local chain, a dev account may also be named by its address.
+        if chain_id in (None, config.ANVIL_CHAIN_ID):
+            for i in range(DEV_ACCOUNT_COUNT):
+                if dev_account(i).address == to_checksum_address(name):
+                    return dev_account(i)
         raise KeystoreError(f"no keystore for {name}", "create one with `mesh account new` or `mesh account import`")
     if password is None:
         raise KeystoreError(f"the keystore of {name} needs a password", "set MESH_PASSWORD or answer the prompt")

@@ -49,21 +49,38 @@ class ProviderSettings:
     manifest: dict
 
     @staticmethod
-    def path() -> Path:
-        return config.home() / "provider.json"
+    def path(address: str) -> Path:
+        """One file per provider account, so several providers can share a user directory."""
+        d = config.home() / "providers"
+        d.mkdir(exist_ok=True)
+        return d / f"{address}.json"
 
     def save(self) -> Path:
-        p = self.path()
+        p = self.path(self.account)
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
         tmp.replace(p)
         return p
 
     @classmethod
-    def load(cls) -> ProviderSettings:
-        p = cls.path()
+    def registered(cls) -> list[str]:
+        return sorted(p.stem for p in (config.home() / "providers").glob("0x*.json"))
+
+    @classmethod
+    def load(cls, address: str | None = None) -> ProviderSettings:
+        """This account's settings; without an account, the only provider registered here."""
+        if address is None:
+            found = cls.registered()
+            if not found:
+                raise ConfigError("no provider is registered from this user directory", "run `mesh provider register` first")
+            if len(found) > 1:
+                raise ConfigError(f"{len(found)} providers are registered here ({', '.join(found)})",
+                                  "pass --account to choose one")
+            address = found[0]
+        p = cls.path(address)
         if not p.exists():
-            raise ConfigError("this node is not registered as a provider", "run `mesh provider register` first")
+            raise ConfigError(f"{address} is not registered as a provider from this user directory",
+                              "run `mesh provider register --account ...` first")
         try:
             return cls(**json.loads(p.read_text()))
         except (TypeError, ValueError) as exc:

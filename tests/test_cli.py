@@ -129,3 +129,19 @@ def test_another_chain_at_the_url_is_a_clear_error(mesh_home):
     with start_anvil(port, chain_id=1337):
         r = run("token", "balance")
         assert r.exit_code == 1 and "is chain 1337" in r.output and "31337" in r.output
+
+
+def test_two_providers_share_a_user_directory(fresh_anvil, mesh_home):
+    assert run("contracts", "deploy", "--rpc", fresh_anvil.url).exit_code == 0
+    for i, port in ((1, free_port()), (2, free_port())):
+        assert run("token", "faucet", dev_account(i).address).exit_code == 0
+        r = run("provider", "register", "--price", str(10 + i), "--stake", "5", "--port", str(port), "--account", f"dev:{i}")
+        assert r.exit_code == 0, r.output
+    r = run("provider", "status")
+    assert r.exit_code == 1 and "pass --account" in r.output
+    for i in (1, 2):
+        st = json.loads(run("provider", "status", "--json", "--account", f"dev:{i}").output)
+        assert st["address"] == dev_account(i).address and st["price"] == 10 + i and st["stake"] == 5_000_000
+    # A dev account may also be named by its address on the local chain.
+    r = run("provider", "unstake", "1", "--account", dev_account(2).address)
+    assert r.exit_code == 0 and "thawing" in r.output, r.output

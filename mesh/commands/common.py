@@ -29,7 +29,7 @@ def resolve_account(name: str | None, chain_id: int | None, default: str | None 
     if not name:
         raise click.UsageError("no account given: pass --account ADDRESS (see `mesh account list`) or set MESH_ACCOUNT")
     password = None
-    if not name.startswith("dev:"):
+    if not name.startswith("dev:") and keys.has_keystore(name):
         password = os.environ.get("MESH_PASSWORD")
         if password is None:
             password = click.prompt(f"Password for {name}", hide_input=True)

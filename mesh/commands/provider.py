@@ -19,11 +19,10 @@ def provider() -> None:
 
 
 def _account(account_name, chain):
-    """--account, else the registered provider's account."""
+    """--account, else the one provider registered from this user directory."""
     from provider.runtime import ProviderSettings
 
-    default = ProviderSettings.load().account if ProviderSettings.path().exists() else None
-    return resolve_account(account_name or default, chain.chain_id)
+    return resolve_account(account_name or ProviderSettings.load().account, chain.chain_id)
 
 
 @provider.command()
@@ -68,7 +67,7 @@ def start(cheater: bool, claim_poll: float, account_name, rpc) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     chain = open_chain(rpc)
-    settings = ProviderSettings.load()
+    settings = ProviderSettings.load(_address(account_name) if account_name else None)
     acct = resolve_account(account_name or settings.account, chain.chain_id)
 
     def ready(peer_id: str, addrs: list[str]) -> None:
@@ -175,11 +174,7 @@ def _address(account_name) -> str:
     from mesh import keys
     from provider.runtime import ProviderSettings
 
-    name = account_name
-    if not name and ProviderSettings.path().exists():
-        name = ProviderSettings.load().account
-    if not name:
-        raise click.UsageError("which provider? pass --account ADDRESS|dev:N")
+    name = account_name or ProviderSettings.load().account
     if name.startswith("dev:"):
         return keys.load_account(name, None).address
     if not is_address(name):
