@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import trio
 from eth_account.signers.local import LocalAccount
+from web3.logs import DISCARD
 from eth_utils import to_checksum_address
 
 from consumer.client import Answer, ProviderFailed, fetch_manifest, run_job
@@ -149,8 +150,8 @@ def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: i
         raise ConsumerError(f"only {len(affordable)} provider(s) charge at most {max_price} per token "
                             f"(prices: {', '.join(map(str, prices))})",
                             f"raise --max-price to at least {prices[2]}")
-    lock_for = chain.registry.functions.lockFor
-    staked = [o for o in affordable if o.free_stake >= lock_for(max_tokens, o.price).call()]
+    params = chain.deployment.params
+    staked = [o for o in affordable if o.free_stake >= params.lock_for(max_tokens, o.price)]
     if len(staked) < 3:
         raise ConsumerError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
                             "ask for fewer --max-tokens, or retry when their open jobs have closed")
@@ -374,10 +375,11 @@ class Asker:
             timings["settle"] = (time.perf_counter() - t) * 1000
             gas["settle"] = r["gasUsed"]
             ev = self.mc.settled_event(r)
+            slashed = {to_checksum_address(e["args"]["provider"]): int(e["args"]["amount"])
+                       for e in self.chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
             for i, s in enumerate(slots):
                 s.paid, s.agreed = int(ev["paid"][i]), int(ev["paid"][i]) > 0
-                s.slashed = self.chain.registry.functions.lockFor(job.max_tokens, job.prices[i]).call() \
-                    if ev["slashMask"] & (1 << i) else 0
+                s.slashed = slashed.get(s.provider, 0)
                 if s.slashed:
                     s.status = "slashed (disagreed)"
             refund = int(ev["refund"])

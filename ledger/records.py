@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from eth_utils import is_address, to_checksum_address
 
+from mesh.config import lock_for
+
 @lru_cache(maxsize=1 << 16)
 def checksum(address: str) -> str:
     """EIP-55 form of an address. Cached: a checksum costs a keccak (~0.1 ms), and the same few
@@ -71,8 +73,8 @@ class RegistryParams:
     collateral_ratio: int
 
     def lock_for(self, max_tokens: int, price: int) -> int:
-        """ProviderRegistry.lockFor: max(minJobLock, collateralRatio * maxTokens * price)."""
-        return max(self.min_job_lock, self.collateral_ratio * max_tokens * price)
+        """ProviderRegistry.lockFor (mesh.config.lock_for)."""
+        return lock_for(self.min_job_lock, self.collateral_ratio, max_tokens, price)
 
 
 @dataclass(frozen=True)

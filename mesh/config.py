@@ -67,6 +67,15 @@ class MarketParams:
     commit_window: int = 30 * 60
     reveal_window: int = 30 * 60
 
+    def lock_for(self, max_tokens: int, price: int) -> int:
+        """ProviderRegistry.lockFor, the one Python mirror of it: the stake a job locks per provider."""
+        return lock_for(self.min_job_lock, self.collateral_ratio, max_tokens, price)
+
+
+def lock_for(min_job_lock: int, collateral_ratio: int, max_tokens: int, price: int) -> int:
+    """max(minJobLock, collateralRatio * maxTokens * price), as ProviderRegistry.lockFor computes it."""
+    return max(min_job_lock, collateral_ratio * max_tokens * price)
+
 
 @dataclass(frozen=True)
 class Deployment:

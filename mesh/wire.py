@@ -16,6 +16,7 @@ from typing import Any
 
 from eth_utils import keccak, to_checksum_address
 
+from mesh import p2p
 from mesh.errors import MeshError
 from mesh.market import Job
 
@@ -252,6 +253,7 @@ class ResultFrame:
 
 
 def error_frame(code: str, message: str) -> dict:
+    """The adapter's error frame, restricted to the protocol's documented codes."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}: add it to ERROR_CODES and docs/PROTOCOL.md")
-    return {"type": "error", "code": code, "message": message}
+    return p2p.error_frame(code, message)
