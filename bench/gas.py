@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eth_utils import keccak  # noqa: E402
 
 from mesh.anvil import start_anvil  # noqa: E402
-from mesh.chain import Chain, connect, deploy  # noqa: E402
+from contracts.deploy import deploy  # noqa: E402
+from mesh.chain import Chain, connect  # noqa: E402
 from mesh.config import MarketParams  # noqa: E402
 from mesh.keys import dev_account  # noqa: E402
 from mesh.market import MarketClient, ResultClaim, commitment  # noqa: E402

@@ -38,7 +38,8 @@ from eth_utils import keccak  # noqa: E402
 from ledger import Reputation, open_ledger  # noqa: E402
 from ledger.indexer import Indexer  # noqa: E402
 from mesh.anvil import start_anvil  # noqa: E402
-from mesh.chain import Chain, connect, deploy  # noqa: E402
+from contracts.deploy import deploy  # noqa: E402
+from mesh.chain import Chain, connect  # noqa: E402
 from mesh.config import MarketParams  # noqa: E402
 from mesh.keys import dev_account  # noqa: E402
 from mesh.market import JOB_ABI, Job, job_id_for  # noqa: E402

@@ -30,9 +30,9 @@ import trio  # noqa: E402
 from consumer.client import fetch_manifest, run_job  # noqa: E402
 from mesh.keys import dev_account  # noqa: E402
 from mesh.p2p import Node  # noqa: E402
-from mesh.wire import InferRequest, Sampling  # noqa: E402
+from mesh.protocol import InferRequest, Sampling  # noqa: E402
 from provider.engine import default_model_path  # noqa: E402
-from mesh.localnet import MeshNet, temp_root  # noqa: E402
+from cli.devnet import MeshNet, temp_root  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 
@@ -67,7 +67,7 @@ def main() -> int:
     try:
         net.register(1, 10)
         net.start(1)
-        from provider.manifest import file_sha256
+        from provider.modelfile import file_sha256
 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in (2, 3):

@@ -28,9 +28,9 @@ from consumer.ask import AskOptions, Asker, discover, eligible  # noqa: E402
 from consumer.client import fetch_manifest, run_job  # noqa: E402
 from consumer.journal import Journal  # noqa: E402
 from mesh.keys import dev_account  # noqa: E402
-from mesh.localnet import start_meshnet, temp_root  # noqa: E402
+from cli.devnet import start_meshnet, temp_root  # noqa: E402
 from mesh.p2p import Node  # noqa: E402
-from mesh.wire import InferRequest, Sampling  # noqa: E402
+from mesh.protocol import InferRequest, Sampling  # noqa: E402
 from provider.engine import default_model_path  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."

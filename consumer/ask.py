@@ -26,22 +26,18 @@ from eth_account.signers.local import LocalAccount
 from web3.logs import DISCARD
 from eth_utils import to_checksum_address
 
-from consumer.client import Answer, ProviderFailed, fetch_manifest, run_job
+from consumer.client import Answer, fetch_manifest, run_job
 from consumer.journal import Journal, PendingJob
 from mesh.chain import Chain
-from mesh.errors import ChainError, MeshError
-from mesh.market import Job, MarketClient, ResultClaim, job_id_for, new_salt
+from mesh.errors import ChainError, ProviderFailed, QueryError
+from mesh.market import MarketClient, ResultClaim, job_id_for, new_salt
 from mesh.p2p import Node, address_from_peer_id
 from mesh.types import format_amount
-from mesh.wire import InferRequest, Sampling
+from mesh.protocol import InferRequest, Job, Sampling
 
 #: Providers verified beyond the three needed, ready to step in for a failing one.
 SPARES = 2
 MANIFEST_TIMEOUT = 5.0
-
-
-class ConsumerError(MeshError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -115,11 +111,7 @@ class Receipt:
 def discover(chain: Chain, model_hash: bytes) -> list[Offer]:
     """Current offers for `model_hash`: the last ProviderRegistered event of each provider that is
     still its listing on-chain (a later registration for another model or a deregistration wins)."""
-    latest: dict[str, dict] = {}
-    event = chain.registry.events.ProviderRegistered
-    logs = event.get_logs(from_block=chain.deployment.start_block or chain.deployment.block, argument_filters={"modelHash": model_hash})
-    for log in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
-        latest[to_checksum_address(log["args"]["provider"])] = dict(log["args"])
+    latest = {to_checksum_address(args["provider"]): args for args in chain.registrations(model_hash)}
     offers = []
     mc = MarketClient(chain)
     for address, args in latest.items():
@@ -142,18 +134,18 @@ def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: i
         pool = [o for o in pool if o.address in allowed or o.peer_id in allowed]
     if len(pool) < 3:
         where = "in the --allow list" if allowed else "registered for this model"
-        raise ConsumerError(f"only {len(pool)} provider(s) {where}; a verified query needs three",
+        raise QueryError(f"only {len(pool)} provider(s) {where}; a verified query needs three",
                             "wait for more providers, allow more peers, or choose another model (`mesh models`)")
     affordable = [o for o in pool if o.price <= max_price]
     if len(affordable) < 3:
         prices = sorted(o.price for o in pool)
-        raise ConsumerError(f"only {len(affordable)} provider(s) charge at most {max_price} per token "
+        raise QueryError(f"only {len(affordable)} provider(s) charge at most {max_price} per token "
                             f"(prices: {', '.join(map(str, prices))})",
                             f"raise --max-price to at least {prices[2]}")
     params = chain.deployment.params
     staked = [o for o in affordable if o.free_stake >= params.lock_for(max_tokens, o.price)]
     if len(staked) < 3:
-        raise ConsumerError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
+        raise QueryError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
                             "ask for fewer --max-tokens, or retry when their open jobs have closed")
     return staked
 
@@ -252,7 +244,7 @@ class Asker:
         async with Node.start(bytes(self.account.key)) as node:
             verified = await self._verify(node, ranked, model_hash, 3 + SPARES)
             if len(verified) < 3:
-                raise ConsumerError(f"only {len(verified)} provider(s) answered with a valid manifest; a verified query needs three",
+                raise QueryError(f"only {len(verified)} provider(s) answered with a valid manifest; a verified query needs three",
                                     "retry later, or raise --max-price to reach more providers")
             timings["discover"] = (time.perf_counter() - t_start) * 1000
             chosen, spares = verified[:3], verified[3:]
@@ -438,7 +430,7 @@ def settle_pending(chain: Chain, account: LocalAccount, journal: Journal | None 
     say = on_event or (lambda msg: None)
     mc = MarketClient(chain)
     p = chain.deployment.params
-    now = chain.w3.eth.get_block("latest")["timestamp"]
+    now = chain.latest_time()
     done = []
     for pj in journal.pending():
         if pj.job.consumer != account.address:

@@ -11,28 +11,28 @@ from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
 
-from mesh.errors import MeshError
+from mesh.errors import P2PError, ProtocolError, ProviderFailed
 from mesh.market import ResultClaim
-from mesh.p2p import Node, P2PError, address_from_peer_id
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
-from mesh.wire import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, WireError, canonical_json
-from provider.manifest import Manifest, ManifestError
+from mesh.p2p import Node, address_from_peer_id
+from mesh.protocol import (
+    INFER_PROTOCOL,
+    MANIFEST_PROTOCOL,
+    MAX_MANIFEST_FRAME,
+    MAX_REQUEST_FRAME,
+    ErrorFrame,
+    InferRequest,
+    Manifest,
+    ManifestRequest,
+    ManifestResponse,
+    ResultFrame,
+    TokenFrame,
+    received_manifest,
+)
 
 #: The first token needs the provider's on-chain check and the prompt's evaluation.
 FIRST_TOKEN_TIMEOUT = 30.0
 #: Between tokens a healthy provider needs milliseconds; this much silence is a stall.
 TOKEN_TIMEOUT = 10.0
-
-
-class ProviderFailed(MeshError):
-    """A provider refused, stalled, died or lied about its answer. `code` says which."""
-
-    def __init__(self, code: str, message: str, provider: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.provider = provider
 
 
 @dataclass
@@ -50,21 +50,13 @@ async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout
     holds); its signer must be the peer Noise authenticated."""
     try:
         async with node.open_session(peer_id, addrs, MANIFEST_PROTOCOL, timeout) as s:
-            await s.send({"type": "manifest_request"})
-            frame = await s.recv(max_size=64 * 1024)
+            await s.send(ManifestRequest().to_wire())
+            frame = await s.recv(max_size=MAX_MANIFEST_FRAME)
     except P2PError as exc:
         raise ProviderFailed("unreachable", f"cannot fetch the manifest of {peer_id}: {exc}") from exc
-    if frame.get("type") != "manifest":
-        raise ProviderFailed("bad_manifest", f"{peer_id} answered {frame.get('type')!r} instead of a manifest")
-    raw = frame.get("manifest")
     try:
-        manifest = Manifest.from_dict(raw)
-        # Hash and verify what was received, unknown fields included: a newer provider may add
-        # fields, and its registered manifest hash covers them.
-        body = {k: v for k, v in raw.items() if k != "signature"}
-        digest = keccak(canonical_json(body))
-        signer = Account.recover_message(encode_defunct(primitive=digest), signature=bytes.fromhex(raw["signature"][2:]))
-    except (ManifestError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        manifest, digest, signer = received_manifest(ManifestResponse.parse(frame, "manifest response").manifest)
+    except ProtocolError as exc:
         raise ProviderFailed("bad_manifest", f"{peer_id} sent an invalid manifest: {exc}") from exc
     if signer != address_from_peer_id(peer_id) or manifest.peer_id != peer_id or signer != manifest.provider:
         raise ProviderFailed("bad_manifest", f"the manifest of {peer_id} is signed by someone else")
@@ -96,30 +88,29 @@ async def run_job(node: Node, peer_id: str, addrs: Sequence[str],
                 if to_checksum_address(req.job.providers[req.index]) != expected:
                     raise ProviderFailed("wrong_peer", f"slot {req.index} is no longer {expected}", expected)
             t0 = time.perf_counter()
-            await s.send(req.to_wire(), max_size=256 * 1024)
+            await s.send(req.to_wire(), max_size=MAX_REQUEST_FRAME)
             while True:
                 frame = await s.recv(timeout=token_timeout if pieces else first_token_timeout)
                 kind = frame.get("type")
                 if kind == "token":
-                    text = frame.get("text")
-                    if not isinstance(text, str):
-                        raise ProviderFailed("bad_frame", "a token frame without text", expected)
+                    text = TokenFrame.parse(frame, "token").text
                     if not pieces:
                         first_ms = (time.perf_counter() - t0) * 1000
                     pieces.append(text)
                     if on_token:
                         on_token(text)
                 elif kind == "result":
-                    result = ResultFrame.from_wire(frame)
+                    result = ResultFrame.parse(frame, "result")
                     break
                 elif kind == "error":
-                    raise ProviderFailed(str(frame.get("code", "error")), str(frame.get("message", "")), expected)
+                    err = ErrorFrame.parse(frame, "error")
+                    raise ProviderFailed(err.code, err.message, expected)
                 else:
                     raise ProviderFailed("bad_frame", f"unexpected frame type {kind!r}", expected)
-    except WireError as exc:
+    except ProtocolError as exc:
         raise ProviderFailed("bad_frame", str(exc), expected) from exc
     except P2PError as exc:
-        raise ProviderFailed(getattr(exc, "code", "p2p"), f"provider {expected}: {exc}", expected) from exc
+        raise ProviderFailed(exc.code, f"provider {expected}: {exc}", expected) from exc
     text = "".join(pieces)
     if keccak(text.encode("utf-8")) != result.output_hash:
         raise ProviderFailed("bad_result", "the streamed text does not hash to the signed output hash", expected)

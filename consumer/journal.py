@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh import config
-from mesh.market import Job, ResultClaim
-from mesh.wire import job_from_wire, job_to_wire
+from mesh.errors import MeshError
+from mesh.market import ResultClaim
+from mesh.protocol import Job
 
 
 @dataclass
@@ -23,7 +24,7 @@ class PendingJob:
     def to_json(self) -> str:
         return json.dumps({
             "job_id": "0x" + self.job_id.hex(),
-            "job": job_to_wire(self.job),
+            "job": self.job.to_wire(),
             "results": {str(i): {"output_hash": "0x" + r.output_hash.hex(), "token_count": r.token_count,
                                  "signature": "0x" + r.signature.hex()} for i, r in self.results.items()},
         }, indent=1)
@@ -34,7 +35,7 @@ class PendingJob:
         job_id = bytes.fromhex(d["job_id"][2:])
         results = {int(i): ResultClaim(job_id, bytes.fromhex(r["output_hash"][2:]), int(r["token_count"]),
                                        bytes.fromhex(r["signature"][2:])) for i, r in d["results"].items()}
-        return cls(job_id, job_from_wire(d["job"]), results)
+        return cls(job_id, Job.parse(d["job"]), results)
 
 
 class Journal:
@@ -59,6 +60,6 @@ class Journal:
         for path in sorted(self.root.glob("0x*.json")):
             try:
                 out.append(PendingJob.from_json(path.read_text()))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, MeshError):
                 continue  # a damaged entry is skipped, not fatal; it stays for inspection
         return out

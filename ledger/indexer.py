@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 from web3.exceptions import BlockNotFound
 
 from mesh.chain import Chain
@@ -61,12 +61,6 @@ def _to_int(v: Any) -> int:
 
 def _hex(v: Any) -> str:
     return "0x" + _to_bytes(v).hex()
-
-
-def _abi_type(inp: Mapping[str, Any]) -> str:
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
 
 
 def _normalize(abi_type: str, value: Any) -> Any:
@@ -142,7 +136,7 @@ class EventDecoder:
             for item in abi:
                 if item.get("type") != "event" or item["name"] not in wanted:
                     continue
-                types = [_abi_type(i) for i in item["inputs"]]
+                types = [collapse_if_tuple(dict(i)) for i in item["inputs"]]
                 topic = keccak(text=f"{item['name']}({','.join(types)})")
                 indexed = tuple((i["name"], t) for i, t in zip(item["inputs"], types) if i.get("indexed"))
                 data = tuple((i["name"], t) for i, t in zip(item["inputs"], types) if not i.get("indexed"))

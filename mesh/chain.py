@@ -7,21 +7,43 @@ what to do (`decode_revert`). Provider, consumer and ledger code use `Chain`, ne
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
 
-from contracts.compile import load_artifact
-from mesh.config import Deployment, MarketParams
-from mesh.errors import ChainError, ContractReverted, NodeUnreachable, NotDeployed, WrongChain
+from mesh.config import Deployment
+from mesh.errors import ChainError, ContractReverted, ContractsError, NodeUnreachable, NotDeployed, WrongChain
 from mesh.types import format_amount
 
 RECEIPT_TIMEOUT = 60.0
+#: The contracts every node talks to; their artifacts (ABI + bytecode) are committed in contracts/build.
+CONTRACT_NAMES = ("MeshToken", "ProviderRegistry", "JobMarket")
+
+
+def artifacts_dir() -> Path:
+    """contracts/build of the installed distribution (read as data: the core never imports the
+    contracts package, which sits above it)."""
+    spec = importlib.util.find_spec("contracts")
+    if spec is None or not spec.submodule_search_locations:
+        raise ContractsError("the contracts package is not installed", "reinstall Meshmarket")
+    return Path(spec.submodule_search_locations[0]) / "build"
+
+
+@cache
+def load_artifact(name: str) -> dict:
+    path = artifacts_dir() / f"{name}.json"
+    if not path.exists():
+        raise ContractsError(f"no build artifact for {name} at {path}", "run `python -m contracts.compile`")
+    return json.loads(path.read_text())
 
 
 def connect(url: str, timeout: float = 10.0) -> Web3:
@@ -97,12 +119,6 @@ class _ErrorSig:
     names: list[str]
 
 
-def _abi_type(inp: dict) -> str:
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
-
-
 class RevertDecoder:
     """Maps 4-byte selectors of every custom error in our ABIs to a typed, worded error."""
 
@@ -112,7 +128,7 @@ class RevertDecoder:
             for item in abi:
                 if item.get("type") != "error":
                     continue
-                types = [_abi_type(i) for i in item["inputs"]]
+                types = [collapse_if_tuple(i) for i in item["inputs"]]
                 selector = keccak(text=f"{item['name']}({','.join(types)})")[:4]
                 self._sigs[selector] = _ErrorSig(item["name"], types, [i["name"] for i in item["inputs"]])
 
@@ -151,7 +167,7 @@ class Chain:
         self.w3 = w3
         self.deployment = deployment
         self.chain_id = w3.eth.chain_id
-        arts = {n: load_artifact(n) for n in ("MeshToken", "ProviderRegistry", "JobMarket")}
+        arts = {n: load_artifact(n) for n in CONTRACT_NAMES}
         self.token = w3.eth.contract(address=to_checksum_address(deployment.token), abi=arts["MeshToken"]["abi"])
         self.registry = w3.eth.contract(address=to_checksum_address(deployment.registry), abi=arts["ProviderRegistry"]["abi"])
         self.market = w3.eth.contract(address=to_checksum_address(deployment.market), abi=arts["JobMarket"]["abi"])
@@ -202,6 +218,18 @@ class Chain:
         if self.allowance(account.address, spender) >= amount:
             return None
         return self.transact(account, self.token.functions.approve(to_checksum_address(spender), amount))
+
+    def latest_time(self) -> int:
+        """The latest block's timestamp: the chain's clock, which every deadline is measured on."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def registrations(self, model_hash: bytes | None = None) -> list[dict]:
+        """Every ProviderRegistered event since the registry was deployed (for one model if given),
+        in chain order, as dicts of the event's arguments."""
+        filters = {"modelHash": model_hash} if model_hash is not None else None
+        logs = self.registry.events.ProviderRegistered.get_logs(
+            from_block=self.deployment.start_block or self.deployment.block, argument_filters=filters)
+        return [dict(log["args"]) for log in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))]
 
     def require_balance(self, address: str, amount: int, what: str) -> None:
         have = self.balance(address)
@@ -254,46 +282,3 @@ def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action:
             raise decoder.decode(_revert_data(exc), action) from exc
         raise ContractReverted(f"{action} reverted (tx {tx_hash.to_0x_hex()})", "check the chain state")
     return receipt
-
-
-# ------------------------------------------------------------------------------ deploy
-
-def deploy_contract(w3: Web3, account: LocalAccount, name: str, *args, decoder: RevertDecoder | None = None) -> tuple[str, dict]:
-    art = load_artifact(name)
-    factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-    receipt = send(w3, account, factory.constructor(*args), decoder or RevertDecoder([art["abi"]]), action=f"deploy {name}")
-    return receipt["contractAddress"], receipt
-
-
-def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams | None = None,
-           token_address: str | None = None) -> Deployment:
-    """Deploy token (unless given), registry and market, and bind them. Returns the record to save."""
-    params = params or MarketParams()
-    decoder = RevertDecoder([load_artifact(n)["abi"] for n in ("MeshToken", "ProviderRegistry", "JobMarket")])
-    if token_address is None:
-        token_address, _ = deploy_contract(w3, account, "MeshToken", account.address, decoder=decoder)
-    registry_address, registry_receipt = deploy_contract(
-        w3, account, "ProviderRegistry", token_address, params.thaw_period, params.min_job_lock,
-        params.collateral_ratio, decoder=decoder,
-    )
-    market_address, receipt = deploy_contract(
-        w3, account, "JobMarket", registry_address, params.delivery_window,
-        params.settle_window, params.commit_window, params.reveal_window, decoder=decoder,
-    )
-    registry = w3.eth.contract(address=registry_address, abi=load_artifact("ProviderRegistry")["abi"])
-    bind = send(w3, account, registry.functions.bindMarket(market_address), decoder, action="bindMarket")
-    block = w3.eth.get_block(bind["blockNumber"])
-    return Deployment(
-        chain_id=w3.eth.chain_id,
-        rpc_url=rpc_url,
-        token=token_address,
-        registry=registry_address,
-        market=market_address,
-        block=bind["blockNumber"],
-        block_hash=block["hash"].to_0x_hex(),
-        deployer=account.address,
-        params=params,
-        start_block=registry_receipt["blockNumber"],
-    )
-
-

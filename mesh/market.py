@@ -1,6 +1,6 @@
-"""The market's data and actions, shared by provider, consumer, tests and benchmarks.
+"""The market's actions and signatures, shared by provider, consumer, tests and benchmarks.
 
-- `Job`: the parameters a job is stored as (the market keeps only keccak256(abi.encode(job))).
+- `Job` (defined with the wire protocol, mesh.protocol): what the market stores the hash of.
 - `ResultClaim`: the EIP-712 `Result(bytes32 jobId,bytes32 outputHash,uint64 tokenCount)` a provider
   signs, domain {name "Meshmarket", version "1", chainId, verifyingContract = market}; signed and
   recovered with eth-account's EIP-712 implementation.
@@ -22,6 +22,7 @@ from eth_utils import keccak, to_checksum_address
 from web3.logs import DISCARD
 
 from mesh.chain import Chain
+from mesh.protocol import Job
 from mesh.types import JobId, TokenAmount
 
 RESULT_TYPES = {
@@ -31,54 +32,8 @@ RESULT_TYPES = {
         {"name": "tokenCount", "type": "uint64"},
     ]
 }
-JOB_ABI = "(address,bytes32,bytes32,uint64,uint64,uint64,address[3],uint64[3])"
 #: JobSettled.outcome values.
 OUTCOME_MAJORITY, OUTCOME_NO_MAJORITY = 0, 1
-
-
-@dataclass(frozen=True)
-class Job:
-    consumer: str
-    model_hash: bytes
-    prompt_hash: bytes
-    max_tokens: int
-    price_cap: int
-    opened_at: int
-    providers: tuple[str, str, str]
-    prices: tuple[int, int, int]
-
-    def as_abi(self) -> tuple:
-        return (
-            to_checksum_address(self.consumer), self.model_hash, self.prompt_hash, self.max_tokens,
-            self.price_cap, self.opened_at, [to_checksum_address(p) for p in self.providers], list(self.prices),
-        )
-
-    def hash(self) -> bytes:
-        """keccak256(abi.encode(job)): what the market stores for an open job."""
-        return keccak(abi_encode([JOB_ABI], [self.as_abi()]))
-
-    @property
-    def escrow(self) -> TokenAmount:
-        return TokenAmount(self.max_tokens * sum(self.prices))
-
-    def with_provider(self, index: int, provider: str, price: int) -> Job:
-        providers = list(self.providers)
-        prices = list(self.prices)
-        providers[index], prices[index] = to_checksum_address(provider), price
-        return replace(self, providers=tuple(providers), prices=tuple(prices))
-
-    @classmethod
-    def from_event(cls, args) -> Job:
-        return cls(
-            consumer=to_checksum_address(args["consumer"]),
-            model_hash=bytes(args["modelHash"]),
-            prompt_hash=bytes(args["promptHash"]),
-            max_tokens=int(args["maxTokens"]),
-            price_cap=int(args["priceCap"]),
-            opened_at=int(args["openedAt"]),
-            providers=tuple(to_checksum_address(p) for p in args["providers"]),
-            prices=tuple(int(p) for p in args["prices"]),
-        )
 
 
 def job_id_for(consumer: str, salt: bytes) -> JobId:

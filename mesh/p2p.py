@@ -44,12 +44,20 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from mesh.errors import MeshError
+from mesh.errors import (
+    ConnectFailed,
+    FrameMalformed,
+    FrameTooLarge,
+    InvalidPeerId,
+    ListenFailed,
+    P2PError,
+    PeerTimeout,
+    ProtocolError,
+    StreamClosed,
+)
+from mesh.protocol import MAX_DEPTH, MAX_FRAME, MAX_INT_DIGITS, error_frame
 
 logger = logging.getLogger(__name__)
-
-MAX_FRAME = 1024 * 1024
-"""Largest frame body (bytes) accepted or sent unless a call says otherwise."""
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds allowed for one frame read/write or for connect + stream setup."""
@@ -59,54 +67,7 @@ CLOSE_TIMEOUT = 2.0
 #: How long one connection may take to close at shutdown (see _close_swarm).
 CONN_CLOSE_GRACE = 0.03
 
-MAX_DEPTH = 64
-"""Deepest array/object nesting accepted in a frame body."""
-
 _HEADER = struct.Struct(">I")
-ERROR_TYPE = "error"
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class P2PError(MeshError):
-    """Root of the adapter's errors; `code` is what goes into an error frame."""
-
-    code = "p2p_error"
-
-
-class FrameTooLarge(P2PError):
-    code = "frame_too_large"
-
-
-class FrameMalformed(P2PError):
-    code = "frame_malformed"
-
-
-class PeerTimeout(P2PError):
-    code = "timeout"
-
-
-class StreamClosed(P2PError):
-    """The stream ended (EOF or reset) before a complete frame, or cannot be written."""
-
-    code = "stream_closed"
-
-
-class ConnectFailed(P2PError):
-    """No authenticated connection or no stream for the protocol could be set up."""
-
-    code = "connect_failed"
-
-
-class ListenFailed(P2PError):
-    code = "listen_failed"
-
-
-class InvalidPeerId(P2PError):
-    """The peer id does not embed a secp256k1 key, so it has no Ethereum address."""
-
-    code = "invalid_peer_id"
 
 
 # --------------------------------------------------------------------------- identity
@@ -148,10 +109,6 @@ class FrameStream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
-def error_frame(code: str, message: str) -> dict[str, Any]:
-    return {"type": ERROR_TYPE, "code": code, "message": message}
-
-
 def _reject_constant(name: str) -> None:
     # Python's json accepts NaN/Infinity, which are not JSON and break other parsers.
     raise ValueError(f"non-standard JSON constant {name}")
@@ -162,8 +119,8 @@ def encode_frame(obj: dict[str, Any], max_size: int = MAX_FRAME) -> bytes:
     if not isinstance(obj, dict):
         raise FrameMalformed(f"a frame must be a JSON object, got {type(obj).__name__}")
     try:
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise FrameMalformed(f"cannot encode frame: {exc}") from exc
     if len(body) > max_size:
         raise FrameTooLarge(f"frame of {len(body)} bytes exceeds {max_size}")
@@ -181,6 +138,18 @@ def _nesting_depth(body: bytes) -> int:
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
+def _bounded_int(literal: str) -> int:
+    # Python refuses >4,300 digits with a hint about sys.set_int_max_str_digits(), which means
+    # nothing to a remote peer; no protocol value needs more than 20.
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"a number has {len(literal.lstrip('-'))} digits; numbers have at most {MAX_INT_DIGITS}")
+    return int(literal)
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     # eth_account imports py_ecc, which raises the recursion limit to 100000: json.loads
     # of ~100k nested "[" then overflows the C stack and kills the process (seen here).
@@ -188,11 +157,13 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if (depth := _nesting_depth(body)) > MAX_DEPTH:
         raise FrameMalformed(f"frame body nests {depth} deep, limit {MAX_DEPTH}")
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FrameMalformed(f"frame body is not UTF-8 JSON: {exc}") from None
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_bounded_int)
+    except UnicodeDecodeError as exc:
+        raise FrameMalformed(f"frame body is not UTF-8 (byte {exc.start}): send UTF-8 JSON") from None
+    except ValueError as exc:
+        raise FrameMalformed(f"frame body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise FrameMalformed(f"frame body is a JSON {type(obj).__name__}, not an object")
+        raise FrameMalformed(f"a frame must be a JSON object ({{...}}), got {_JSON_TYPES.get(type(obj), 'something else')}")
     return obj
 
 
@@ -420,16 +391,17 @@ class Node:
     def serve(self, protocol: str, handler: Handler, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Run `handler(session)` for every inbound stream of `protocol`.
 
-        `timeout` is the default for each recv/send of the session. Whatever the handler
-        raises is logged and answered with an error frame; it never reaches libp2p.
+        `timeout` is the default for each recv/send of the session. A ProtocolError or P2PError
+        the handler raises becomes an error frame with its code and sentence; anything else is
+        logged and answered `internal`. Nothing reaches libp2p.
         """
 
         async def on_stream(stream: INetStream) -> None:
             try:
                 await handler(Session(stream, timeout))
-            except P2PError as exc:
-                peer = stream.muxed_conn.peer_id
-                logger.info("%s session from %s failed: %r", protocol, peer, exc)
+            except (P2PError, ProtocolError) as exc:
+                # A refusal or a broken frame: the peer gets the code and the sentence.
+                logger.info("%s session from %s refused: %s %s", protocol, stream.muxed_conn.peer_id, exc.code, exc)
                 await self._send_error(stream, exc.code, str(exc))
             except Exception:
                 logger.exception("%s handler crashed", protocol)

@@ -25,9 +25,9 @@ from typing import Callable
 from eth_account.signers.local import LocalAccount
 
 from mesh.chain import Chain
-from mesh.errors import ChainError
-from mesh.market import Job, MarketClient, commitment
-from mesh.wire import job_from_wire, job_to_wire
+from mesh.errors import ChainError, ProtocolError
+from mesh.market import MarketClient, commitment
+from mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
 
@@ -44,13 +44,13 @@ class Claim:
     revealed: bool = False
 
     def to_dict(self) -> dict:
-        return {"job_id": "0x" + self.job_id.hex(), "job": job_to_wire(self.job), "index": self.index,
+        return {"job_id": "0x" + self.job_id.hex(), "job": self.job.to_wire(), "index": self.index,
                 "output_hash": "0x" + self.output_hash.hex(), "token_count": self.token_count,
                 "salt": "0x" + self.salt.hex(), "committed": self.committed, "revealed": self.revealed}
 
     @classmethod
     def from_dict(cls, d: dict) -> Claim:
-        return cls(bytes.fromhex(d["job_id"][2:]), job_from_wire(d["job"]), int(d["index"]),
+        return cls(bytes.fromhex(d["job_id"][2:]), Job.parse(d["job"]), int(d["index"]),
                    bytes.fromhex(d["output_hash"][2:]), int(d["token_count"]), bytes.fromhex(d["salt"][2:]),
                    bool(d["committed"]), bool(d["revealed"]))
 
@@ -77,7 +77,7 @@ class ClaimKeeper:
                 for d in json.loads(path.read_text()):
                     c = Claim.from_dict(d)
                     self._claims[c.job_id] = c
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, ProtocolError) as exc:
                 self.on_event(f"claims file {path} is damaged ({exc}); starting without it")
 
     def _save(self) -> None:
@@ -111,7 +111,7 @@ class ClaimKeeper:
         claims = self.pending()
         if not claims:
             return
-        now = self.chain.w3.eth.get_block("latest")["timestamp"]
+        now = self.chain.latest_time()
         for c in claims:
             try:
                 self._advance(c, now)

@@ -1,11 +1,10 @@
-"""Deterministic local inference: the request format, the engine interface, llama.cpp behind it.
+"""Deterministic local inference: the engine interface, and llama.cpp behind it.
 
 This module owns:
 
-* `GenerationRequest` — a validated, immutable job description (chat messages or a raw
-  prompt plus sampling parameters). Anything a provider runs went through its checks.
-* `InferenceEngine` — the interface the provider node talks to; `Generation` — the stream
-  of text pieces with the final `GenerationResult` (text, token counts, keccak256 hash).
+* `InferenceEngine` — the interface the provider node talks to: `generate(sampling)` for a
+  protocol `Sampling` (mesh.protocol, checked there) gives a `Generation`, the stream of text
+  pieces with the final `GenerationResult` (text, token counts, keccak256 hash).
 * `LlamaCppEngine` — llama.cpp via llama-cpp-python, built so that the same request gives
   byte-identical output on every honest provider running the same model file and build:
   the model's KV cache is cleared before every job (see docs/INFERENCE_NOTES.md).
@@ -18,126 +17,18 @@ from __future__ import annotations
 
 import codecs
 import importlib.util
-import math
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from eth_utils import keccak
 
-MAX_TOKENS_LIMIT = 4096
-MAX_TEMPERATURE = 2.0
-# llama.cpp treats seed 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick a random seed", which
-# would make a sampled answer unreproducible, so the largest usable seed is one less.
-MAX_SEED = 2**32 - 2
-# Cheap guard before tokenizing; the exact limit is the context window, checked in tokens.
-MAX_PROMPT_BYTES = 64 * 1024
-ROLES = ("system", "user", "assistant")
-
-# Sampler settings that are not part of a request are part of the protocol: every
-# provider must use the same chain or sampled answers differ. These equal
-# llama-cpp-python's create_completion defaults.
-SAMPLER_TOP_K = 40
-SAMPLER_MIN_P = 0.05
-SAMPLER_TYPICAL_P = 1.0
-SAMPLER_REPEAT_PENALTY = 1.0
+from mesh.errors import ContextOverflowError, InferenceError, ModelFileError
+from mesh.protocol import SAMPLER_MIN_P, SAMPLER_REPEAT_PENALTY, SAMPLER_TOP_K, SAMPLER_TYPICAL_P, Sampling
 
 FinishReason = Literal["stop", "length", "cancelled"]
-
-
-class ContextOverflowError(ValueError):
-    """The prompt plus max_tokens does not fit the engine's context window."""
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-
-
-def _require_number(name: str, value: Any) -> float:
-    # bool is an int subclass; "temperature": true is a client bug, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is out of range, got {value}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return number
-
-
-def _require_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One inference job. Give `messages` (chat, formatted with the model's own chat
-    template) or `prompt` (raw text completion), not both."""
-
-    messages: tuple[Message, ...] | None = None
-    prompt: str | None = None
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("give exactly one of messages or prompt")
-        if self.messages is not None:
-            object.__setattr__(self, "messages", self._normalise_messages(self.messages))
-            size = sum(len(m.content.encode()) for m in self.messages)
-        else:
-            if not isinstance(self.prompt, str):
-                raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
-            if not self.prompt:
-                raise ValueError("prompt must not be empty")
-            size = len(self.prompt.encode())
-        if size > MAX_PROMPT_BYTES:
-            raise ValueError(f"prompt is {size} bytes, the limit is {MAX_PROMPT_BYTES}")
-        _require_int("max_tokens", self.max_tokens, 1, MAX_TOKENS_LIMIT)
-        temperature = _require_number("temperature", self.temperature)
-        if not 0.0 <= temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}")
-        object.__setattr__(self, "temperature", temperature)
-        top_p = _require_number("top_p", self.top_p)
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        object.__setattr__(self, "top_p", top_p)
-        _require_int("seed", self.seed, 0, MAX_SEED)
-
-    @staticmethod
-    def _normalise_messages(messages: Any) -> tuple[Message, ...]:
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-            raise ValueError("messages must be a list of {'role', 'content'} objects")
-        if not messages:
-            raise ValueError("messages must not be empty")
-        result = []
-        for i, m in enumerate(messages):
-            if isinstance(m, Message):
-                role, content = m.role, m.content
-            elif isinstance(m, dict):
-                # Extra keys (name, tool_calls, ...) would change what some chat templates
-                # render, so providers could disagree on the prompt: refuse them.
-                if set(m) != {"role", "content"}:
-                    raise ValueError(f"messages[{i}] must have exactly the keys role and content, got {sorted(m)}")
-                role, content = m["role"], m["content"]
-            else:
-                raise ValueError(f"messages[{i}] must be an object, got {type(m).__name__}")
-            if role not in ROLES:
-                raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
-            if not isinstance(content, str) or not content:
-                raise ValueError(f"messages[{i}].content must be a non-empty string")
-            result.append(Message(role, content))
-        return tuple(result)
 
 
 def output_hash(text: str) -> str:
@@ -204,10 +95,11 @@ class Generation:
 class InferenceEngine(Protocol):
     model_path: str
     n_ctx: int
+    slot: EngineSlot
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int: ...
+    def count_prompt_tokens(self, request: Sampling) -> int: ...
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Generation: ...
+    def generate(self, request: Sampling, cancel: threading.Event | None = None) -> Generation: ...
 
 
 class EngineSlot:
@@ -251,7 +143,7 @@ class LlamaCppEngine:
 
         self.model_path = str(model_path)
         if not Path(self.model_path).is_file():
-            raise FileNotFoundError(f"model file not found: {self.model_path}")
+            raise ModelFileError(f"model file not found: {self.model_path}", "pass the path of a .gguf file")
         self._llama_cpp = llama_cpp
         self._llama = llama_cpp.Llama(
             model_path=self.model_path,
@@ -288,7 +180,7 @@ class LlamaCppEngine:
             bos_token=text(bos) if bos != -1 else "",
         )
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+    def _prompt_tokens(self, request: Sampling) -> list[int]:
         # Tokenizing only reads the vocabulary, so it needs no model lock: a request can
         # be sized and refused while another job is running.
         if request.messages is None:
@@ -296,14 +188,14 @@ class LlamaCppEngine:
             # special=False: text such as "<|im_end|>" in a raw prompt stays plain text.
             return self._llama.tokenize(request.prompt.encode(), add_bos=True, special=False)
         if self._chat_formatter is None:
-            raise ValueError(f"{self.model_path} has no chat template; send a raw prompt instead of messages")
+            raise InferenceError(f"{self.model_path} has no chat template", "send a raw prompt instead of messages")
         formatted = self._chat_formatter(messages=[{"role": m.role, "content": m.content} for m in request.messages])
         return self._llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+    def count_prompt_tokens(self, request: Sampling) -> int:
         return len(self._prompt_tokens(request))
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Generation:
+    def generate(self, request: Sampling, cancel: threading.Event | None = None) -> Generation:
         """Check the request fits, then return a lazy stream; the model lock is taken on the
         first `next()` and released when the stream ends or is closed."""
         tokens = self._prompt_tokens(request)
@@ -326,7 +218,7 @@ class LlamaCppEngine:
         self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self._llama.ctx), True)
 
     def _run(
-        self, request: GenerationRequest, prompt: list[int], cancel: threading.Event
+        self, request: Sampling, prompt: list[int], cancel: threading.Event
     ) -> Generator[str, None, GenerationResult]:
         llama, is_eog, vocab = self._llama, self._llama_cpp.llama_vocab_is_eog, self._vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

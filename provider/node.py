@@ -28,21 +28,23 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from mesh.chain import Chain
+from mesh.errors import ContextOverflowError, InferenceError, P2PError, ProtocolError
 from mesh.market import ResultClaim
-from mesh.p2p import Node, P2PError, Session
-from mesh.wire import (
+from mesh.p2p import Node, Session
+from mesh.protocol import (
     INFER_PROTOCOL,
     MANIFEST_PROTOCOL,
+    MAX_MANIFEST_REQUEST_FRAME,
     MAX_REQUEST_FRAME,
     InferRequest,
-    WireError,
+    Manifest,
+    ManifestRequest,
+    ResultFrame,
+    TokenFrame,
     error_frame,
-    result_frame,
-    token_frame,
 )
-from provider.engine import ContextOverflowError, GenerationRequest, InferenceEngine
 from provider.claims import Claim, ClaimKeeper
-from provider.manifest import Manifest
+from provider.engine import Generation, InferenceEngine
 
 log = logging.getLogger("meshmarket.provider")
 
@@ -76,29 +78,29 @@ class JobGate:
             ])
             return bytes.fromhex(stored["result"][2:]), int(block["result"]["timestamp"], 16)
         except (KeyError, TypeError, ValueError) as exc:
-            raise WireError("internal", "the provider cannot read the chain right now; retry") from exc
+            raise ProtocolError("internal", "the provider cannot read the chain right now; retry") from exc
 
     def check(self, req: InferRequest, remote_address: str) -> None:
         job = req.job
         if to_checksum_address(job.providers[req.index]) != self.provider:
-            raise WireError("not_listed", f"provider #{req.index} of this job is {job.providers[req.index]}, not {self.provider}")
+            raise ProtocolError("not_listed", f"provider #{req.index} of this job is {job.providers[req.index]}, not {self.provider}")
         if to_checksum_address(remote_address) != job.consumer:
-            raise WireError("wrong_consumer", "only the job's consumer may request it: connect with the consumer's key")
+            raise ProtocolError("wrong_consumer", "only the job's consumer may request it: connect with the consumer's key")
         if job.model_hash != self.model_hash:
-            raise WireError("wrong_model", f"this provider serves model 0x{self.model_hash.hex()}, the job is for 0x{job.model_hash.hex()}")
+            raise ProtocolError("wrong_model", f"this provider serves model 0x{self.model_hash.hex()}, the job is for 0x{job.model_hash.hex()}")
         if req.sampling.max_tokens != job.max_tokens:
-            raise WireError("mismatch", f"sampling.max_tokens {req.sampling.max_tokens} differs from the job's {job.max_tokens}")
+            raise ProtocolError("mismatch", f"sampling.max_tokens {req.sampling.max_tokens} differs from the job's {job.max_tokens}")
         if req.sampling.prompt_hash(job.model_hash) != job.prompt_hash:
-            raise WireError("mismatch", "the request does not hash to the job's promptHash: send exactly what was hashed at openJob")
+            raise ProtocolError("mismatch", "the request does not hash to the job's promptHash: send exactly what was hashed at openJob")
         stored, now = self._job_hash_and_time(req.job_id)
         if stored == b"\x00" * 32:
-            raise WireError("unpaid", "no such job on-chain: open it (escrow the payment) before sending the request")
+            raise ProtocolError("unpaid", "no such job on-chain: open it (escrow the payment) before sending the request")
         if stored == CLOSED_JOB:
-            raise WireError("unpaid", "the job is already settled")
+            raise ProtocolError("unpaid", "the job is already settled")
         if stored != job.hash():
-            raise WireError("unpaid", "the job on-chain has other parameters (a replaced provider, other prices?): send the current job")
+            raise ProtocolError("unpaid", "the job on-chain has other parameters (a replaced provider, other prices?): send the current job")
         if now >= job.opened_at + self.delivery_window:
-            raise WireError("expired", "the job's delivery window has passed: open a new job")
+            raise ProtocolError("expired", "the job's delivery window has passed: open a new job")
         # Escrow needs no separate check: a job hash is stored only after the registry took
         # maxTokens * sum(prices) into escrow, and it stays there until the job closes.
 
@@ -158,8 +160,6 @@ class ProviderService:
     gate: JobGate
     manifest: Manifest
     served: ServedJobs = field(default_factory=ServedJobs)
-    #: Demo only: return altered output (and sign it), to show the cheater being slashed.
-    cheater: bool = False
     on_job: Callable[[JobLog], None] | None = None
     #: Served jobs are handed here, so the provider is paid even if the consumer never settles.
     claims: ClaimKeeper | None = None
@@ -169,30 +169,23 @@ class ProviderService:
         node.serve(MANIFEST_PROTOCOL, self.handle_manifest, timeout=REQUEST_TIMEOUT)
 
     async def handle_manifest(self, session: Session) -> None:
-        frame = await session.recv(max_size=4096)
-        if frame.get("type") != "manifest_request":
-            await session.send(error_frame("bad_request", "expected a frame of type 'manifest_request'"))
-            return
+        ManifestRequest.parse(await session.recv(max_size=MAX_MANIFEST_REQUEST_FRAME), "manifest_request")
         await session.send({"type": "manifest", "manifest": self.manifest.to_dict()})
 
     async def handle_infer(self, session: Session) -> None:
         t0 = time.perf_counter()
+        req = InferRequest.parse(await session.recv(max_size=MAX_REQUEST_FRAME))
         try:
-            frame = await session.recv(max_size=MAX_REQUEST_FRAME)
-            req = InferRequest.from_wire(frame)
             await trio.to_thread.run_sync(self.gate.check, req, session.remote_address)
-        except WireError as exc:
+        except ProtocolError as exc:
             log.info("refused request from %s: %s (%s)", session.remote_address, exc.code, exc)
-            await session.send(error_frame(exc.code, str(exc)))
-            return
+            raise
         entry = JobLog(req.job_id, req.job.consumer, price=req.job.prices[req.index])
         if not self.engine.slot.try_acquire():
-            await session.send(error_frame("busy", "all inference slots are taken: try another provider or retry"))
-            return
+            raise ProtocolError("busy", "all inference slots are taken: try another provider or retry")
         try:
             if not self.served.claim(req.job_id, req.index):
-                await session.send(error_frame("replayed", "this job was already served by this provider"))
-                return
+                raise ProtocolError("replayed", "this job was already served by this provider")
             await self._serve(session, req, entry, t0)
         finally:
             self.engine.slot.release()
@@ -200,22 +193,36 @@ class ProviderService:
             self.on_job(entry)
 
     async def _serve(self, session: Session, req: InferRequest, entry: JobLog, t0: float) -> None:
-        s = req.sampling
+        cancel = threading.Event()
         try:
-            gen_req = GenerationRequest(
-                messages=tuple({"role": r, "content": c} for r, c in s.messages),
-                max_tokens=s.max_tokens, temperature=s.temperature_milli / 1000, top_p=s.top_p_milli / 1000, seed=s.seed,
-            )
-            generation = self.engine.generate(gen_req, cancel := threading.Event())
+            generation = self.engine.generate(req.sampling, cancel)
         except ContextOverflowError as exc:
-            await session.send(error_frame("context_overflow", str(exc)))
             entry.outcome = "refused: context overflow"
-            return
-        except ValueError as exc:
-            await session.send(error_frame("bad_request", str(exc)))
+            raise ProtocolError("context_overflow", str(exc)) from None
+        except InferenceError as exc:
             entry.outcome = "refused: bad request"
+            raise ProtocolError("bad_request", str(exc)) from None
+        streamed = await self._stream(session, req, generation, cancel, entry, t0)
+        if streamed is None:
+            entry.outcome = "cancelled: consumer went away"
             return
+        text, result = streamed
+        out_hash = keccak(text.encode("utf-8"))
+        claim = ResultClaim(req.job_id, out_hash, result.completion_tokens).sign(
+            self.account, self.gate.chain.chain_id, self.gate.chain.market.address)
+        finish = "stop" if result.finish_reason == "stop" else "length"
+        await session.send(ResultFrame(output_hash=out_hash, token_count=result.completion_tokens,
+                                       signature=claim.signature, finish_reason=finish).to_wire())
+        if self.claims is not None:
+            self.claims.add(Claim(req.job_id, req.job, req.index, out_hash, result.completion_tokens))
+        entry.tokens = result.completion_tokens
+        entry.total_ms = (time.perf_counter() - t0) * 1000
+        entry.outcome = "served"
 
+    async def _stream(self, session: Session, req: InferRequest, generation: Generation, cancel: threading.Event,
+                      entry: JobLog, t0: float):
+        """Run the generation in a worker thread and stream its pieces; (text, result), or None
+        when the consumer went away (the generation is then cancelled)."""
         # Unbounded (at most max_tokens pieces): the worker hands each piece over without
         # waiting for the trio loop, so inference never stalls on the network.
         send, recv = trio.open_memory_channel[str](math.inf)
@@ -231,12 +238,10 @@ class ProviderService:
                 token.run_sync_soon(send.close)
 
         pieces: list[str] = []
-        result = None
-        gone = False
+        done: list = []
         async with trio.open_nursery() as nursery:
             async def run_worker():
-                nonlocal result
-                result = await trio.to_thread.run_sync(work)
+                done.append(await trio.to_thread.run_sync(work))
 
             nursery.start_soon(run_worker)
             try:
@@ -249,36 +254,15 @@ class ProviderService:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    text = "".join(batch)
-                    if self.cheater:
-                        text = text.upper()
                     if not pieces:
                         entry.first_token_ms = (time.perf_counter() - t0) * 1000
-                    pieces.append(text)
-                    await session.send(token_frame(text), timeout=SEND_TIMEOUT)
+                    pieces.append("".join(batch))
+                    await session.send(TokenFrame(text=pieces[-1]).to_wire(), timeout=SEND_TIMEOUT)
             except P2PError as exc:
                 # The consumer is gone: stop generating, let the worker finish and close.
                 log.info("job 0x%s: consumer went away (%s); generation cancelled", req.job_id.hex()[:12], exc)
                 cancel.set()
-                gone = True
                 async for _ in recv:
                     pass
-        if gone:
-            entry.outcome = "cancelled: consumer went away"
-            return
-        if self.cheater:
-            # A per-provider mark, so that two cheaters also disagree with each other.
-            mark = f" [{self.account.address[2:8]}]"
-            pieces.append(mark)
-            await session.send(token_frame(mark), timeout=SEND_TIMEOUT)
-        assert result is not None
-        text = "".join(pieces)
-        out_hash = keccak(text.encode("utf-8"))
-        claim = ResultClaim(req.job_id, out_hash, result.completion_tokens).sign(
-            self.account, self.gate.chain.chain_id, self.gate.chain.market.address)
-        await session.send(result_frame(out_hash, result.completion_tokens, claim.signature, result.finish_reason))
-        if self.claims is not None:
-            self.claims.add(Claim(req.job_id, req.job, req.index, out_hash, result.completion_tokens))
-        entry.tokens = result.completion_tokens
-        entry.total_ms = (time.perf_counter() - t0) * 1000
-        entry.outcome = "served" + (" (altered output)" if self.cheater else "")
+                return None
+        return "".join(pieces), done[0]

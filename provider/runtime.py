@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,9 +25,10 @@ from mesh.chain import Chain
 from mesh.errors import ConfigError
 from mesh.market import MarketClient
 from mesh.p2p import Node, peer_id_for_key
-from mesh.wire import PROTOCOL_VERSION
+from mesh.protocol import PROTOCOL_VERSION
 from provider.engine import LlamaCppEngine, default_model_path
-from provider.manifest import Hardware, Manifest, file_sha256, model_info
+from mesh.protocol import Hardware, Manifest
+from provider.modelfile import file_sha256, manifest_for, model_info
 from provider.claims import ClaimKeeper
 from provider.node import JobGate, JobLog, ProviderService, ServedJobs
 
@@ -98,14 +100,15 @@ def build_manifest(account: LocalAccount, model_path: Path, price: int, host: st
                    gpu_layers: int) -> Manifest:
     info = model_info(model_path)
     peer_id = peer_id_for_key(bytes(account.key))
-    return Manifest.for_model(
+    return manifest_for(
         info,
         price_per_token=price,
         peer_id=peer_id,
-        multiaddrs=[f"/ip4/{host}/tcp/{port}"],
+        multiaddrs=(f"/ip4/{host}/tcp/{port}",),
         protocol_version=str(PROTOCOL_VERSION),
         hardware=detect_hardware(threads, gpu_layers),
         provider=account.address,
+        issued_at=int(time.time()),
     ).sign(account)
 
 
@@ -147,12 +150,12 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
     return settings
 
 
-def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *, cheater: bool = False,
+def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *,
                  on_ready: Callable[[str, list[str]], None] | None = None,
                  on_job: Callable[[JobLog], None] | None = None, on_claim: Callable[[str], None] | None = None,
                  claim_poll: float = 15.0, engine=None) -> None:
     """Serve until SIGINT/SIGTERM. `engine` may be passed in (tests and benchmarks reuse one)."""
-    manifest = Manifest.from_dict(settings.manifest)
+    manifest = Manifest.parse(settings.manifest)
     if manifest.verify() != account.address:
         raise ConfigError("the saved manifest is not signed by this account", "run `mesh provider register` again")
     model_hash = bytes.fromhex(manifest.model_sha256[2:])
@@ -167,7 +170,7 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     state.mkdir(exist_ok=True)
     keeper = ClaimKeeper(chain, account, on_event=on_claim, path=state / "claims.json")
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
-                              served=ServedJobs(state / "served.log"), cheater=cheater, on_job=on_job, claims=keeper)
+                              served=ServedJobs(state / "served.log"), on_job=on_job, claims=keeper)
 
     async def watch_claims() -> None:
         while True:

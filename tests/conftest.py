@@ -11,7 +11,8 @@ import pytest
 from eth_utils import keccak
 
 from mesh.anvil import start_anvil
-from mesh.chain import Chain, connect, deploy
+from contracts.deploy import deploy
+from mesh.chain import Chain, connect
 from mesh.config import MarketParams
 from mesh.keys import dev_account
 from mesh.market import MarketClient
@@ -113,7 +114,7 @@ def market(market_session):
 def meshnet():
     """A private mesh: its own Anvil, and providers dev:1..dev:4 (price 10) running as separate
     processes started through the CLI. Tests open fresh jobs; nothing is reverted under them."""
-    from mesh.localnet import start_meshnet, temp_root
+    from cli.devnet import start_meshnet, temp_root
 
     # 1-3 honest; 4 honest and dearer (the spare); 7 and 8 cheaters; 9 cheapest, killed by a test.
     net = start_meshnet(temp_root(), {1: 10, 2: 10, 3: 10, 4: 11, 7: 10, 8: 10, 9: 9}, cheaters=(7, 8),

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mesh.anvil import free_port, start_anvil
-from mesh.cli import main
+from cli.main import main
 from mesh.keys import dev_account
 
 
@@ -110,7 +110,7 @@ def test_wrong_keystore_password_refused(fresh_anvil, mesh_home):
 def test_chain_up_detach_and_down(mesh_home):
     port = free_port()
     env = {**os.environ, "MESH_HOME": str(mesh_home)}
-    up = subprocess.run([sys.executable, "-m", "mesh.cli", "chain", "up", "--port", str(port), "--detach"],
+    up = subprocess.run([sys.executable, "-m", "cli", "chain", "up", "--port", str(port), "--detach"],
                         env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
     assert up.stdout.strip() == f"http://127.0.0.1:{port}"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import trio
 from eth_utils import keccak
 
-from consumer.client import ProviderFailed, run_job
+from consumer.client import run_job
+from mesh.errors import ProviderFailed
 from mesh.keys import dev_account
-from mesh.market import Job, ResultClaim
+from mesh.market import ResultClaim
 from mesh.p2p import Node
-from mesh.wire import INFER_PROTOCOL, InferRequest, Sampling, result_frame, token_frame
+from mesh.protocol import INFER_PROTOCOL, InferRequest, Job, ResultFrame, Sampling, TokenFrame
 
 PROVIDER, IMPOSTOR, CONSUMER = dev_account(1), dev_account(2), dev_account(5)
 CHAIN_ID, MARKET = 31337, "0x" + "11" * 20
@@ -18,28 +19,30 @@ SAMPLING = Sampling(messages=(("user", "hi"),), max_tokens=8)
 
 
 def job_for(provider: str) -> tuple[bytes, Job]:
-    job = Job(CONSUMER.address, keccak(b"m"), SAMPLING.prompt_hash(keccak(b"m")), 8, 10, 1, (provider, IMPOSTOR.address,
-              dev_account(3).address), (10, 10, 10))
+    job = Job(consumer=CONSUMER.address, model_hash=keccak(b"m"), prompt_hash=SAMPLING.prompt_hash(keccak(b"m")),
+              max_tokens=8, price_cap=10, opened_at=1, providers=(provider, IMPOSTOR.address, dev_account(3).address),
+              prices=(10, 10, 10))
     return keccak(b"job"), job
 
 
 def hostile(behaviour: str):
     async def handler(session) -> None:
-        req = InferRequest.from_wire(await session.recv())
+        req = InferRequest.parse(await session.recv())
         text = "four"
         signer = IMPOSTOR if behaviour == "wrong_signer" else PROVIDER
         claimed = text + " and more" if behaviour == "text_mismatch" else text
         count = 9 if behaviour == "too_many_tokens" else 2
         claim = ResultClaim(req.job_id, keccak(claimed.encode()), count).sign(signer, CHAIN_ID, MARKET)
         if behaviour == "stall":
-            await session.send(token_frame("fo"))
+            await session.send(TokenFrame(text="fo").to_wire())
             await trio.sleep(5)
             return
         if behaviour == "die":
-            await session.send(token_frame("fo"))
+            await session.send(TokenFrame(text="fo").to_wire())
             raise RuntimeError("killed")  # the node answers with an internal error frame, then closes
-        await session.send(token_frame(text))
-        await session.send(result_frame(keccak(claimed.encode()), count, claim.signature, "stop"))
+        await session.send(TokenFrame(text=text).to_wire())
+        await session.send(ResultFrame(output_hash=keccak(claimed.encode()), token_count=count,
+                                       signature=claim.signature).to_wire())
 
     return handler
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from consumer.ask import AskOptions, Asker, ConsumerError, discover, eligible, settle_pending
+from consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
+from mesh.errors import QueryError
 from consumer.journal import Journal
 from mesh.keys import dev_account
 
@@ -106,27 +107,27 @@ def test_provider_killed_mid_stream_is_replaced_nothing_stuck(meshnet, tmp_path)
 
 def test_fewer_than_three_providers_is_a_clear_error(meshnet):
     net = meshnet
-    with pytest.raises(ConsumerError, match="a verified query needs three"):
+    with pytest.raises(QueryError, match="a verified query needs three"):
         eligible(net.chain, discover(net.chain, net.model_hash), dev_account(5).address, 16, 20, addresses(net, (1, 2)))
 
 
 def test_cap_below_every_price_is_a_clear_error(meshnet):
     net = meshnet
-    with pytest.raises(ConsumerError, match="raise --max-price to at least"):
+    with pytest.raises(QueryError, match="raise --max-price to at least"):
         eligible(net.chain, discover(net.chain, net.model_hash), dev_account(5).address, 16, 5)
 
 
 def _cli(net, home, *args, timeout=180):
     net.deployment.save(home / "deployment.json")
     env = {**net.env(home), "MESH_PASSWORD": "pw"}
-    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def _import(net, home, acct):
     home.mkdir(parents=True, exist_ok=True)
     env = {**net.env(home), "MESH_PASSWORD": "pw", "MESH_KDF_N": "16"}
-    subprocess.run([sys.executable, "-m", "mesh.cli", "account", "import"], input=acct.key.hex() + "\n", env=env,
+    subprocess.run([sys.executable, "-m", "cli", "account", "import"], input=acct.key.hex() + "\n", env=env,
                     capture_output=True, text=True, check=True, timeout=60)
 
 

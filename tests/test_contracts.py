@@ -6,11 +6,13 @@ at PRICE, two funded consumers. Balances are asserted to the base unit.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
-from mesh.chain import deploy
+from contracts.deploy import deploy
 from mesh.config import MarketParams
 from mesh.errors import ContractReverted
 from mesh.market import Job, ResultClaim, commitment, job_id_for
@@ -541,13 +543,14 @@ def test_unsettled_job_finalizes_to_full_refund(market):
 def test_reentrancy_through_a_hostile_token_refused(market):
     """A token that calls back into the registry during a transfer meets the reentrancy guard."""
     m = market
-    from mesh.chain import Chain, deploy_contract
+    from contracts.compile import TESTS
+    from contracts.deploy import deploy_contract
+    from mesh.chain import Chain
 
-    hostile_addr, _ = deploy_contract(m.chain.w3, m.deployer, "HostileToken")
+    art = json.loads((TESTS.build / "HostileToken.json").read_text())
+    hostile_addr, _ = deploy_contract(m.chain.w3, m.deployer, art)
     dep = deploy(m.chain.w3, m.deployer, m.url, MarketParams(), token_address=hostile_addr)
-    from contracts.compile import load_artifact
-
-    hostile = m.chain.w3.eth.contract(address=hostile_addr, abi=load_artifact("HostileToken")["abi"])
+    hostile = m.chain.w3.eth.contract(address=hostile_addr, abi=art["abi"])
     chain = Chain(m.chain.w3, dep)
     c = m.consumer
     chain.transact(c, hostile.functions.mint(c.address, 10**6))

@@ -17,7 +17,7 @@ def _ours() -> set[int]:
     out = set()
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "anvil" in cmd.split(" ")[0] or "provider start" in cmd:
+        if "anvil" in cmd.split(" ")[0] or "provider start" in cmd or "cli.devnet cheat" in cmd:
             out.add(p.info["pid"])
     return out
 
@@ -34,7 +34,7 @@ def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
 
 def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home):
     before = _ours()
-    r = subprocess.run([sys.executable, "-m", "mesh.cli", "demo", "--max-tokens", "8",
+    r = subprocess.run([sys.executable, "-m", "cli", "demo", "--max-tokens", "8",
                         "--question", "What is two plus two?", "--question", "Name a colour."],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MESH_HOME": str(mesh_home)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home):
 
 def test_demo_ctrl_c_shuts_everything_down(mesh_home):
     before = _ours()
-    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "demo", "--max-tokens", "64"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "64"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
     lines = []
     assert proc.stdout is not None

@@ -5,7 +5,6 @@ No mocks: the point is to catch the ways real inference drifts between jobs and 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -16,17 +15,10 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from provider.engine import (
-    MAX_PROMPT_BYTES,
-    MAX_SEED,
-    ContextOverflowError,
-    EngineSlot,
-    GenerationRequest,
-    LlamaCppEngine,
-    default_model_path,
-    output_hash,
-)
-from provider.manifest import Hardware, Manifest, ManifestError, model_info
+from mesh.errors import ContextOverflowError, ManifestError
+from mesh.protocol import Hardware, Manifest, Sampling
+from provider.engine import EngineSlot, LlamaCppEngine, default_model_path, output_hash
+from provider.modelfile import manifest_for, model_info
 
 REPO = Path(__file__).resolve().parents[1]
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -50,8 +42,8 @@ def engine(model_path: Path) -> LlamaCppEngine:
 
 @pytest.mark.parametrize("temperature,seed", [(0.0, 0), (0.8, 7)])
 def test_repeated_jobs_are_byte_identical(engine: LlamaCppEngine, temperature: float, seed: int) -> None:
-    request = GenerationRequest(messages=POEM, max_tokens=32, temperature=temperature, seed=seed)
-    other = GenerationRequest(messages=COLOURS, max_tokens=8)
+    request = Sampling(messages=POEM, max_tokens=32, temperature_milli=round(temperature * 1000), seed=seed)
+    other = Sampling(messages=COLOURS, max_tokens=8)
     first = engine.generate(request).run()
     # An unrelated job in between, then the same job twice in a row: both are the cases
     # where llama-cpp-python's prefix reuse changed the output before the per-job reset.
@@ -64,7 +56,7 @@ def test_repeated_jobs_are_byte_identical(engine: LlamaCppEngine, temperature: f
 
 
 def test_streamed_pieces_join_to_result(engine: LlamaCppEngine) -> None:
-    gen = engine.generate(GenerationRequest(messages=POEM, max_tokens=24))
+    gen = engine.generate(Sampling(messages=POEM, max_tokens=24))
     pieces = list(gen)
     assert len(pieces) > 1
     assert "".join(pieces) == gen.result.text
@@ -73,7 +65,7 @@ def test_streamed_pieces_join_to_result(engine: LlamaCppEngine) -> None:
 
 def test_different_seeds_can_differ(engine: LlamaCppEngine) -> None:
     texts = {
-        engine.generate(GenerationRequest(messages=POEM, max_tokens=24, temperature=1.2, seed=s)).run().text
+        engine.generate(Sampling(messages=POEM, max_tokens=24, temperature_milli=1200, seed=s)).run().text
         for s in (1, 2, 3)
     }
     assert len(texts) > 1
@@ -81,15 +73,16 @@ def test_different_seeds_can_differ(engine: LlamaCppEngine) -> None:
 
 _CHILD = """
 import json, sys
-from provider.engine import GenerationRequest, LlamaCppEngine, default_model_path
+from mesh.protocol import Sampling
+from provider.engine import LlamaCppEngine, default_model_path
 engine = LlamaCppEngine(default_model_path(), n_ctx=2048, n_threads=1)
-result = engine.generate(GenerationRequest(**json.loads(sys.argv[1]))).run()
+result = engine.generate(Sampling.parse(json.loads(sys.argv[1]))).run()
 print(json.dumps({"text": result.text, "hash": result.output_hash, "tokens": result.completion_tokens}))
 """
 
 
 def test_separate_processes_agree(engine: LlamaCppEngine) -> None:
-    spec = {"messages": POEM, "max_tokens": 32, "temperature": 0.8, "seed": 42}
+    spec = {"messages": POEM, "max_tokens": 32, "temperature_milli": 800, "seed": 42}
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, json.dumps(spec)],
@@ -106,7 +99,7 @@ def test_separate_processes_agree(engine: LlamaCppEngine) -> None:
         assert child.returncode == 0
         outputs.append(json.loads(stdout))
     # This engine has already served other jobs: it must still match fresh processes.
-    local = engine.generate(GenerationRequest(**spec)).run()
+    local = engine.generate(Sampling.parse(spec)).run()
     for out in outputs:
         assert out["text"].encode() == local.text.encode()
         assert out["hash"] == local.output_hash
@@ -114,7 +107,7 @@ def test_separate_processes_agree(engine: LlamaCppEngine) -> None:
 
 
 def test_concurrent_callers_are_serialised(engine: LlamaCppEngine) -> None:
-    request = GenerationRequest(messages=COLOURS, max_tokens=16)
+    request = Sampling(messages=COLOURS, max_tokens=16)
     expected = engine.generate(request).run()
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(engine.generate(request).run().text)) for _ in range(2)]
@@ -129,7 +122,7 @@ def test_concurrent_callers_are_serialised(engine: LlamaCppEngine) -> None:
 
 
 def test_cancel_stops_early_and_next_job_is_clean(engine: LlamaCppEngine) -> None:
-    request = GenerationRequest(messages=POEM, max_tokens=48)
+    request = Sampling(messages=POEM, max_tokens=48)
     cancel = threading.Event()
     gen = engine.generate(request, cancel)
     received = []
@@ -151,28 +144,28 @@ def test_cancel_stops_early_and_next_job_is_clean(engine: LlamaCppEngine) -> Non
 
 
 def test_closing_an_abandoned_stream_frees_the_model(engine: LlamaCppEngine) -> None:
-    gen = engine.generate(GenerationRequest(messages=POEM, max_tokens=48))
+    gen = engine.generate(Sampling(messages=POEM, max_tokens=48))
     next(gen)
     with pytest.raises(RuntimeError, match="not finished"):
         gen.result
     gen.close()
-    assert engine.generate(GenerationRequest(messages=COLOURS, max_tokens=4)).run().completion_tokens > 0
+    assert engine.generate(Sampling(messages=COLOURS, max_tokens=4)).run().completion_tokens > 0
 
 
 def test_prompt_over_context_is_refused_before_generating(model_path: Path) -> None:
     small = LlamaCppEngine(model_path, n_ctx=256)
     try:
-        request = GenerationRequest(prompt="word " * 400, max_tokens=8)
+        request = Sampling(prompt="word " * 400, max_tokens=8)
         assert small.count_prompt_tokens(request) > 256
         with pytest.raises(ContextOverflowError, match="exceeds the context window of 256"):
             small.generate(request)
 
-        short = GenerationRequest(prompt="The sea is", max_tokens=1)
+        short = Sampling(prompt="The sea is", max_tokens=1)
         room = 256 - small.count_prompt_tokens(short)
-        fits = dataclasses.replace(short, max_tokens=room)
+        fits = short.model_copy(update={"max_tokens": room})
         small.generate(fits).close()  # accepted: prompt + max_tokens == n_ctx
         with pytest.raises(ContextOverflowError):
-            small.generate(dataclasses.replace(short, max_tokens=room + 1))
+            small.generate(short.model_copy(update={"max_tokens": room + 1}))
     finally:
         small.close()
 
@@ -189,42 +182,6 @@ def test_engine_slot_answers_busy_without_waiting() -> None:
         slot.release()
 
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({}, "exactly one of messages or prompt"),
-        ({"messages": POEM, "prompt": "x"}, "exactly one of messages or prompt"),
-        ({"prompt": ""}, "prompt must not be empty"),
-        ({"messages": []}, "messages must not be empty"),
-        ({"messages": "hello"}, "messages must be a list"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "role must be one of"),
-        ({"messages": [{"role": "user", "content": ""}]}, "non-empty string"),
-        ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "exactly the keys"),
-        ({"prompt": "x" * (MAX_PROMPT_BYTES + 1)}, "the limit is"),
-        ({"prompt": "x", "max_tokens": 0}, "max_tokens must be between 1 and 4096"),
-        ({"prompt": "x", "max_tokens": 4097}, "max_tokens must be between 1 and 4096"),
-        ({"prompt": "x", "max_tokens": 1.5}, "max_tokens must be an integer"),
-        ({"prompt": "x", "temperature": -0.1}, "temperature must be between 0 and 2"),
-        ({"prompt": "x", "temperature": 2.5}, "temperature must be between 0 and 2"),
-        ({"prompt": "x", "temperature": float("nan")}, "temperature must be finite"),
-        ({"prompt": "x", "temperature": True}, "temperature must be a number"),
-        ({"prompt": "x", "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
-        ({"prompt": "x", "top_p": 1.01}, r"top_p must be in \(0, 1\]"),
-        ({"prompt": "x", "seed": -1}, "seed must be between"),
-        ({"prompt": "x", "seed": 2**32 - 1}, "seed must be between"),
-    ],
-)
-def test_request_validation(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        GenerationRequest(**kwargs)
-
-
-def test_request_accepts_bounds() -> None:
-    GenerationRequest(prompt="x", max_tokens=4096, temperature=2, top_p=1, seed=MAX_SEED)
-    request = GenerationRequest(messages=POEM, max_tokens=1, temperature=0, top_p=0.01, seed=0)
-    assert isinstance(request.temperature, float)
-
-
 # --------------------------------------------------------------------------- manifest
 
 
@@ -235,7 +192,7 @@ def provider_account():
 
 @pytest.fixture(scope="module")
 def signed_manifest(model_path: Path, provider_account) -> Manifest:
-    manifest = Manifest.for_model(
+    manifest = manifest_for(
         model_info(model_path),
         price_per_token=3 * 10**15,
         peer_id="16Uiu2HAmExamplePeer",
@@ -274,7 +231,7 @@ def test_manifest_ignores_unknown_fields(signed_manifest: Manifest) -> None:
     data = signed_manifest.to_dict()
     data["future_field"] = {"anything": [1, 2]}
     data["hardware"]["npu"] = "x"
-    decoded = Manifest.from_dict(data)
+    decoded = Manifest.parse(data)
     assert decoded == signed_manifest
     decoded.verify()
 
@@ -282,19 +239,20 @@ def test_manifest_ignores_unknown_fields(signed_manifest: Manifest) -> None:
 @pytest.mark.parametrize(
     "path,value,message",
     [
-        (("price_per_token",), "3000", "price_per_token must be int"),
-        (("price_per_token",), 3e15, "price_per_token must be int"),
-        (("price_per_token",), True, "price_per_token must be int, got bool"),
+        (("price_per_token",), "3000", "price_per_token must be an integer, got a string"),
+        (("price_per_token",), 3e15, "price_per_token must be an integer, got a number with a fraction"),
+        (("price_per_token",), True, "price_per_token must be an integer, got a boolean"),
         (("price_per_token",), -1, "price_per_token must be >= 0"),
-        (("context_length",), "8192", "context_length must be int"),
+        (("context_length",), "8192", "context_length must be an integer"),
         (("multiaddrs",), "/ip4/1.2.3.4/tcp/1", "multiaddrs must be a list"),
-        (("multiaddrs",), [7], r"multiaddrs\[0\] must be str"),
-        (("hardware", "cpu_threads"), "1", "hardware.cpu_threads must be int"),
+        (("multiaddrs",), [7], r"multiaddrs\[0\] must be a string"),
+        (("hardware", "cpu_threads"), "1", "hardware.cpu_threads must be an integer"),
+        (("hardware", "gpu_name"), None, "hardware.gpu_name must be a string, got null"),
         (("hardware",), [], "hardware must be an object"),
         (("provider",), "0x" + "ab" * 20, "checksummed"),
-        (("model_sha256",), "abc", "model_sha256 must be 0x"),
+        (("model_sha256",), "abc", "model_sha256: String should match pattern"),
         (("version",), 2, "unsupported manifest version"),
-        (("kind",), "meshmarket.receipt", "kind must be"),
+        (("kind",), "meshmarket.receipt", "kind must be 'meshmarket.manifest'"),
     ],
 )
 def test_manifest_refuses_wrong_types(signed_manifest: Manifest, path: tuple[str, ...], value, message: str) -> None:
@@ -304,21 +262,21 @@ def test_manifest_refuses_wrong_types(signed_manifest: Manifest, path: tuple[str
         target = target[key]
     target[path[-1]] = value
     with pytest.raises(ManifestError, match=message):
-        Manifest.from_dict(data)
+        Manifest.parse(data)
 
 
 def test_manifest_refuses_missing_fields(signed_manifest: Manifest) -> None:
     data = signed_manifest.to_dict()
     del data["peer_id"]
-    with pytest.raises(ManifestError, match="missing field"):
-        Manifest.from_dict(data)
+    with pytest.raises(ManifestError, match="peer_id: missing field"):
+        Manifest.parse(data)
 
 
 def test_tampered_manifest_fails_verification(signed_manifest: Manifest) -> None:
     data = signed_manifest.to_dict()
     data["price_per_token"] += 1
     with pytest.raises(ManifestError, match="not by provider"):
-        Manifest.from_dict(data).verify()
+        Manifest.parse(data).verify()
 
 
 def test_manifest_signed_by_someone_else_is_rejected(signed_manifest: Manifest, provider_account) -> None:
@@ -326,9 +284,9 @@ def test_manifest_signed_by_someone_else_is_rejected(signed_manifest: Manifest, 
     with pytest.raises(ManifestError, match="is not the provider"):
         signed_manifest.sign(mallory)
     # Mallory signs a manifest naming the victim as provider: recovery exposes her.
-    forged = dataclasses.replace(signed_manifest, provider=mallory.address).sign(mallory)
-    stolen = dataclasses.replace(forged, provider=provider_account.address)
+    forged = signed_manifest.model_copy(update={"provider": mallory.address}).sign(mallory)
+    stolen = forged.model_copy(update={"provider": provider_account.address})
     with pytest.raises(ManifestError, match="not by provider"):
         stolen.verify()
     with pytest.raises(ManifestError, match="not signed"):
-        dataclasses.replace(signed_manifest, signature=None).verify()
+        signed_manifest.model_copy(update={"signature": None}).verify()

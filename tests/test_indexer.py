@@ -17,7 +17,8 @@ from ledger import ChainIdentity, RegistryParams, open_ledger
 from ledger.indexer import EventDecoder, Indexer
 from ledger.records import checksum
 from mesh.anvil import start_anvil
-from mesh.chain import Chain, connect, deploy
+from contracts.deploy import deploy
+from mesh.chain import Chain, connect
 from mesh.config import MarketParams
 from mesh.errors import LedgerError
 from mesh.keys import dev_account
@@ -278,8 +279,8 @@ def home_ledger(mesh_home, monkeypatch):
 
 
 def cli(*args):
-    from mesh.cli import MeshGroup
-    from mesh.commands.ledger import ledger
+    from cli.main import MeshGroup
+    from cli.ledger import ledger
 
     root = MeshGroup(commands={"ledger": ledger})
     return CliRunner().invoke(root, ["ledger", *args], catch_exceptions=False)

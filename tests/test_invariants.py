@@ -67,10 +67,11 @@ from urllib.parse import urlparse
 import pytest
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 
 from mesh.errors import ContractReverted
-from mesh.market import Job, ResultClaim, commitment, compact_signature, job_id_for
+from mesh.market import ResultClaim, commitment, compact_signature, job_id_for
+from mesh.protocol import Job
 
 pytestmark = pytest.mark.slow
 
@@ -180,12 +181,6 @@ class Rpc:
 
 # ============================================================================ ABI codec
 
-def _abi_type(inp: dict) -> str:
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
-
-
 def _norm(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
         return to_checksum_address(value)
@@ -206,11 +201,11 @@ class Codec:
         for key, contract in (("token", chain.token), ("registry", chain.registry), ("market", chain.market)):
             for item in contract.abi:
                 if item["type"] == "function":
-                    types = [_abi_type(i) for i in item["inputs"]]
+                    types = [collapse_if_tuple(i) for i in item["inputs"]]
                     assert (key, item["name"]) not in self.fns, f"overloaded {item['name']}"
                     self.fns[(key, item["name"])] = (keccak(text=f"{item['name']}({','.join(types)})")[:4], types)
                 elif item["type"] == "event":
-                    types = [_abi_type(i) for i in item["inputs"]]
+                    types = [collapse_if_tuple(i) for i in item["inputs"]]
                     topic = keccak(text=f"{item['name']}({','.join(types)})")
                     self.events[(key, topic)] = (item["name"], item["inputs"])
 
@@ -232,7 +227,7 @@ class Codec:
             name, inputs = self.events[(key, topics[0])]
             args: dict[str, Any] = {}
             plain = [i for i in inputs if not i["indexed"]]
-            values = abi_decode([_abi_type(i) for i in plain], data)
+            values = abi_decode([collapse_if_tuple(i) for i in plain], data)
             ti = 1
             for inp in inputs:
                 if inp["indexed"]:
@@ -784,28 +779,29 @@ class Generator:
             return jid, m.closed[jid]
         salt = rng.randbytes(32)
         consumer = rng.choice(self.C)
-        return job_id_for(consumer, salt), Job(consumer, self.h.MODEL, keccak(salt), 10, 10, m.clock,
-                                               tuple(self.P[:3]), (10, 10, 10))
+        return job_id_for(consumer, salt), Job(consumer=consumer, model_hash=self.h.MODEL, prompt_hash=keccak(salt),
+                                               max_tokens=10, price_cap=10, opened_at=m.clock,
+                                               providers=tuple(self.P[:3]), prices=(10, 10, 10))
 
     def tamper(self, rng: random.Random, job: Job) -> Job:
         k = rng.randrange(6)
         if k == 0:
-            return replace(job, max_tokens=job.max_tokens + 1)
+            return job.model_copy(update={"max_tokens": job.max_tokens + 1})
         if k == 1:
             prices = list(job.prices)
             i = rng.randrange(3)
             prices[i] = max(prices[i] - 1, 0) if prices[i] > 1 else prices[i] + 1
-            return replace(job, prices=tuple(prices))
+            return job.model_copy(update={"prices": tuple(prices)})
         if k == 2:
-            return replace(job, opened_at=job.opened_at - 1)
+            return job.model_copy(update={"opened_at": job.opened_at - 1})
         if k == 3:
-            return replace(job, price_cap=job.price_cap + 1 if job.price_cap < U64 else job.price_cap - 1)
+            return job.model_copy(update={"price_cap": job.price_cap + 1 if job.price_cap < U64 else job.price_cap - 1})
         if k == 4:
             p = list(job.providers)
             p[0], p[1] = p[1], p[0]
-            return replace(job, providers=tuple(p))
+            return job.model_copy(update={"providers": tuple(p)})
         other = self.C[1] if job.consumer == self.C[0] else self.C[0]
-        return replace(job, consumer=other)
+        return job.model_copy(update={"consumer": other})
 
     def sender_or(self, rng: random.Random, usual: str, p: float) -> str:
         return usual if rng.random() < p else rng.choice(self.all)

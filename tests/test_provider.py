@@ -12,10 +12,11 @@ import trio
 from hypothesis import HealthCheck, given, settings, strategies as st
 from eth_utils import keccak
 
-from consumer.client import ProviderFailed, fetch_manifest, run_job
+from consumer.client import fetch_manifest, run_job
+from mesh.errors import ProviderFailed
 from mesh.keys import dev_account
 from mesh.p2p import Node
-from mesh.wire import INFER_PROTOCOL, InferRequest, Sampling
+from mesh.protocol import INFER_PROTOCOL, InferRequest, Sampling
 
 CONSUMER = dev_account(5)
 OTHER_CONSUMER = dev_account(6)
@@ -160,7 +161,7 @@ def test_tampered_job_refused(meshnet):
     net = meshnet
     s = sampling()
     job_id, job = open_job(net, s)
-    richer = type(job)(**{**job.__dict__, "prices": (99, 99, 99)})
+    richer = job.model_copy(update={"prices": (99, 99, 99)})
     _refused(first_frame(net, 1, InferRequest(job_id, richer, 0, s)), "unpaid")
 
 
@@ -324,7 +325,7 @@ def test_provider_cli_status_earnings_unstake_withdraw(meshnet):
     p = net.providers[2]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "mesh.cli", "provider", *args, "--account", f"dev:{p.index}"],
+        return subprocess.run([sys.executable, "-m", "cli", "provider", *args, "--account", f"dev:{p.index}"],
                               env=net.env(p.home), capture_output=True, text=True, timeout=120)
 
     st = json.loads(cli("status", "--json").stdout)

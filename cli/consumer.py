@@ -8,7 +8,7 @@ import sys
 import click
 from eth_utils import to_checksum_address
 
-from mesh.commands.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
+from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
 from mesh.errors import ConfigError
 from mesh.types import format_amount
 
@@ -18,7 +18,7 @@ def _model_hash(model: str) -> bytes:
     if model.startswith("0x") and len(model) == 66:
         return bytes.fromhex(model[2:])
     from provider.engine import default_model_path
-    from provider.manifest import file_sha256
+    from provider.modelfile import file_sha256
     from pathlib import Path
 
     path = default_model_path() if model == "default" else Path(model).expanduser()
@@ -122,9 +122,7 @@ def models(rpc, as_json) -> None:
     from consumer.ask import discover
 
     chain = open_chain(rpc)
-    by_model: dict[bytes, list] = {}
-    for log in chain.registry.events.ProviderRegistered.get_logs(from_block=chain.deployment.start_block or chain.deployment.block):
-        by_model.setdefault(bytes(log["args"]["modelHash"]), [])
+    by_model = dict.fromkeys(bytes(args["modelHash"]) for args in chain.registrations())
     from consumer.selection import Selector
 
     selector = Selector.open(chain, on_warning=lambda m: click.echo(m, err=True))

@@ -6,7 +6,7 @@ import click
 from eth_utils import is_address, to_checksum_address
 
 from mesh import config, keys
-from mesh.commands.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
+from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
 from mesh.errors import ConfigError
 from mesh.types import format_amount, parse_amount
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from mesh import config
-from mesh.chain import connect, deploy as deploy_all
-from mesh.commands.common import account_option, echo_json, json_option, resolve_account, rpc_option
+from contracts.deploy import deploy as deploy_all
+from mesh.chain import connect
+from cli.common import account_option, echo_json, json_option, resolve_account, rpc_option
 from mesh.config import Deployment, MarketParams
 from mesh.types import format_amount
 

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from mesh.commands.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
-from mesh.commands.token import _amount
+from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
+from cli.token import _amount
 from mesh.market import MarketClient
 from mesh.types import format_amount
 
@@ -38,13 +38,13 @@ def _account(account_name, chain):
 def register(model, price, stake, host, port, threads, gpu_layers, account_name, rpc) -> None:
     """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
     from provider.runtime import endpoint_of, register_provider
-    from provider.manifest import Manifest
+    from mesh.protocol import Manifest
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     settings = register_provider(chain, acct, model, price, stake, host=host, port=port, threads=threads,
                                  gpu_layers=gpu_layers)
-    m = Manifest.from_dict(settings.manifest)
+    m = Manifest.parse(settings.manifest)
     click.echo(f"registered {acct.address}")
     click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length}) sha256 {m.model_sha256}")
     click.echo(f"  price     {price} base units per output token")
@@ -54,21 +54,31 @@ def register(model, price, stake, host, port, threads, gpu_layers, account_name,
 
 
 @provider.command()
-@click.option("--cheater", is_flag=True, hidden=True, help="Demo only: return altered output (to be outvoted and slashed).")
 @click.option("--claim-poll", type=click.FloatRange(0.1, 3600), default=15.0, show_default=True,
               help="Seconds between checks of served jobs the consumer has not settled.")
 @account_option
 @rpc_option
-def start(cheater: bool, claim_poll: float, account_name, rpc) -> None:
+def start(claim_poll: float, account_name, rpc) -> None:
     """Run the node: serve paid jobs, log each one with tokens and pay. Ctrl-C stops it."""
+    serve(account_name, rpc, claim_poll)
+
+
+def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_engine=None) -> None:
+    """`mesh provider start`; the devnet's demo cheater runs through here too, with `wrap_engine`
+    altering what the real engine says (cli/devnet.py)."""
     import logging
 
+    from provider.engine import LlamaCppEngine
     from provider.runtime import ProviderSettings, run_provider
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     chain = open_chain(rpc)
     settings = ProviderSettings.load(_address(account_name) if account_name else None)
     acct = resolve_account(account_name or settings.account, chain.chain_id)
+    engine = None
+    if wrap_engine is not None:
+        engine = wrap_engine(LlamaCppEngine(settings.model_path, n_threads=settings.threads,
+                                            n_gpu_layers=settings.gpu_layers), acct.address)
 
     def ready(peer_id: str, addrs: list[str]) -> None:
         click.echo(f"ready {peer_id} {' '.join(addrs)}")
@@ -84,8 +94,8 @@ def start(cheater: bool, claim_poll: float, account_name, rpc) -> None:
         click.echo(msg)
         sys.stdout.flush()
 
-    run_provider(chain, acct, settings, cheater=cheater, on_ready=ready, on_job=on_job, on_claim=on_claim,
-                 claim_poll=claim_poll)
+    run_provider(chain, acct, settings, on_ready=ready, on_job=on_job, on_claim=on_claim, claim_poll=claim_poll,
+                 engine=engine)
 
 
 @provider.command()
@@ -148,7 +158,7 @@ def withdraw(account_name, rpc) -> None:
     acct = _account(account_name, chain)
     mc = MarketClient(chain)
     a = mc.account(acct.address)
-    now = chain.w3.eth.get_block("latest")["timestamp"]
+    now = chain.latest_time()
     done = []
     if a["owed"]:
         mc.withdraw_earnings(acct)

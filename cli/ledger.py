@@ -16,7 +16,7 @@ import click
 from ledger import Ledger, Reputation, open_ledger
 from ledger.indexer import DEFAULT_BATCH_BLOCKS, Indexer
 from ledger.records import JOB_STATUSES, BatchResult
-from mesh.commands.common import echo_json, json_option, open_chain, rpc_option, table
+from cli.common import echo_json, json_option, open_chain, rpc_option, table
 from mesh.types import format_amount
 
 ledger_option = click.option("--ledger", "ledger_url", default=None, metavar="URL",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from mesh.commands.common import table
+from cli.common import table
 from mesh.keys import dev_account
 from mesh.types import format_amount
 
@@ -39,9 +39,9 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
     """Run a private mesh: chain, contracts, four providers (one cheating), verified paid queries."""
     from consumer.ask import AskOptions, Asker, discover, eligible
     from consumer.journal import Journal
-    from mesh.commands.consumer import print_receipt
+    from cli.consumer import print_receipt
     from consumer.selection import Selector
-    from mesh.localnet import start_meshnet
+    from cli.devnet import start_meshnet
 
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mesh-demo-"))

@@ -1,4 +1,4 @@
-"""`mesh`: the command line. Thin over the library: each group lives in mesh/commands/<group>.py.
+"""`mesh`: the root command group. Each group lives in cli/<group>.py.
 
 Errors: library code raises MeshError subclasses; this root group turns them into one line
 ("Error: <what> — <what to do>") and exit code 1, never a traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from cli import account, chain, consumer, contracts, demo, ledger, provider, token
 from mesh import __version__
 from mesh.errors import MeshError
 
@@ -28,15 +29,9 @@ def main() -> None:
     """Meshmarket: a peer-to-peer market for LLM inference, verified three ways on-chain."""
 
 
-def _register() -> None:
-    from mesh.commands import account, chain, consumer, contracts, demo, ledger, provider, token
-
-    for group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider,
-                  consumer.ask, consumer.models, consumer.settle, ledger.ledger, demo.demo):
-        main.add_command(group)
-
-
-_register()
+for _group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider,
+               consumer.ask, consumer.models, consumer.settle, ledger.ledger, demo.demo):
+    main.add_command(_group)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import click
 
 from mesh import config
 from mesh.anvil import rpc_call, start_anvil
-from mesh.commands.common import json_option, rpc_option
+from cli.common import json_option, rpc_option
 from mesh.errors import ConfigError
 
 

@@ -1,6 +1,10 @@
-"""A real local mesh on one machine: Anvil, the contracts, and provider processes started
+"""A real local market on one machine: Anvil, the contracts, and provider processes started
 through the CLI (`mesh provider register` + `mesh provider start`), each with its own user
 directory. `mesh demo`, the tests and the benchmarks all run on it.
+
+Demo code lives here and nowhere in the provider: a cheater is an ordinary provider process whose
+engine is wrapped by `CheatingEngine` (it alters what the model says and signs that), started with
+`python -m cli.devnet cheat --account dev:N` instead of `mesh provider start`.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
 from mesh.anvil import AnvilProcess, free_port, start_anvil
-from mesh.chain import Chain, connect, deploy
+from contracts.deploy import deploy
+from mesh.chain import Chain, connect
 from mesh.config import MarketParams
 from mesh.keys import dev_account
 from mesh.market import MarketClient
@@ -71,7 +79,7 @@ class MeshNet:
         if fund:
             self.fund(index)
         p = ProviderProc(index, home, free_port())
-        cmd = [sys.executable, "-m", "mesh.cli", "provider", "register", "--model", "default", "--price", str(price),
+        cmd = [sys.executable, "-m", "cli", "provider", "register", "--model", "default", "--price", str(price),
                "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}"]
         out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
@@ -79,10 +87,11 @@ class MeshNet:
         self.providers[index] = p
         return p
 
-    def start(self, index: int, *extra: str, timeout: float = 120.0,
+    def start(self, index: int, *extra: str, timeout: float = 120.0, cheater: bool = False,
               on_line: Callable[[int, str], None] | None = None) -> ProviderProc:
         p = self.providers[index]
-        cmd = [sys.executable, "-m", "mesh.cli", "provider", "start", "--account", f"dev:{index}", *extra]
+        entry = ["-m", "cli.devnet", "cheat"] if cheater else ["-m", "cli", "provider", "start"]
+        cmd = [sys.executable, *entry, "--account", f"dev:{index}", *extra]
         p.proc = subprocess.Popen(cmd, env=self.env(p.home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, stdin=subprocess.DEVNULL)
         ready = threading.Event()
@@ -143,14 +152,13 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
     net = MeshNet(root)
     try:
         from provider.engine import default_model_path
-        from provider.manifest import file_sha256
+        from provider.modelfile import file_sha256
 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
         _parallel([lambda i=i, p=p: net.register(i, p, fund=False) for i, p in prices.items()])
-        _parallel([lambda i=i: net.start(i, *extra, *(["--cheater"] if i in cheaters else []), on_line=on_line)
-                   for i in prices])
+        _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:
             raise RuntimeError(f"providers {missing} failed to start")
@@ -161,22 +169,63 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
 
 
 def _parallel(tasks) -> None:
-    errors: list[BaseException] = []
-
-    def run(task):
-        try:
-            task()
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in tasks]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    """Run the callables at once (process start-up is mostly waiting); the first error is raised."""
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
+        for future in [pool.submit(t) for t in tasks]:
+            future.result()
 
 
 def temp_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="meshnet-"))
+
+
+# ------------------------------------------------------------------------------ the demo's cheater
+
+class CheatingEngine:
+    """Demo and tests only: the real engine's answer, altered (upper case, then a mark of this
+    provider's own so that two cheaters also disagree with each other), and signed as if honest."""
+
+    def __init__(self, inner, provider: str) -> None:
+        self.inner = inner
+        self.mark = f" [{provider[2:8]}]"
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)  # model_path, n_ctx, slot, count_prompt_tokens, close
+
+    def generate(self, request, cancel=None):
+        from provider.engine import Generation
+
+        honest = self.inner.generate(request, cancel)
+        return Generation(self._alter(honest), honest.prompt_tokens)
+
+    def _alter(self, honest):
+        from dataclasses import replace
+
+        from provider.engine import output_hash
+
+        with honest:
+            for piece in honest:
+                yield piece.upper()
+        yield self.mark
+        text = honest.result.text.upper() + self.mark
+        return replace(honest.result, text=text, output_hash=output_hash(text))
+
+
+@click.group()
+def _devnet() -> None:
+    """Processes of the local market that are not product commands."""
+
+
+@_devnet.command()
+@click.option("--account", "account_name", required=True)
+@click.option("--claim-poll", type=float, default=15.0)
+@click.option("--rpc", default=None)
+def cheat(account_name: str, claim_poll: float, rpc: str | None) -> None:
+    """`mesh provider start`, with the engine wrapped by CheatingEngine."""
+    from cli.provider import serve
+
+    serve(account_name, rpc, claim_poll, wrap_engine=CheatingEngine)
+
+
+if __name__ == "__main__":
+    _devnet()

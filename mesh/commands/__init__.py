@@ -1,1 +1,0 @@
-"""Click command groups of `mesh`, one module each, plus the options they share."""
