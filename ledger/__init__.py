@@ -11,6 +11,11 @@
 The ledger never sends transactions. See docs/LEDGER.md.
 """
 
+from sqlalchemy.engine import make_url
+
+from ledger.database import default_url, make_engine
+from ledger.evidence import Evidence
+from ledger.migrate import upgrade
 from ledger.records import (
     BatchResult,
     ChainEvent,
@@ -26,11 +31,34 @@ from ledger.records import (
     RegistryParams,
     SlashRow,
 )
-from ledger.reputation import DEFAULT_POLICY, Evidence, Ranked, Reputation, ReputationPolicy, Score
-from ledger.store import Ledger, default_url, open_ledger
+from ledger.reputation import DEFAULT_POLICY, Ranked, Reputation, ReputationPolicy, Score
+from ledger.sql import SqlLedger
+from ledger.store import Ledger
+from mesh.errors import LedgerError
 
 __all__ = [
     "BatchResult", "ChainEvent", "ChainIdentity", "Cursor", "DEFAULT_POLICY", "EarningsRow", "Evidence",
     "JobProvider", "JobRow", "Ledger", "ManifestRow", "ObservationKind", "PeerRow", "ProviderRow", "Ranked",
     "RegistryParams", "Reputation", "ReputationPolicy", "Score", "SlashRow", "default_url", "open_ledger",
 ]
+
+
+def open_ledger(url: str | None = None, *, migrate: bool = True) -> Ledger:
+    """Open (and create, and migrate to this code's schema) the ledger at `url`.
+
+    Default: $MESH_LEDGER_URL, else $MESH_HOME/ledger.sqlite. Any SQLAlchemy URL works, e.g.
+    postgresql+psycopg://user:pass@host/dbname.
+    """
+    url = url or default_url()
+    engine = make_engine(url)
+    try:
+        if migrate:
+            upgrade(engine)
+    except LedgerError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise LedgerError(f"cannot open the ledger at {make_url(url).render_as_string(hide_password=True)}: {exc}",
+                          "check the URL, and that the database server is running") from exc
+    return SqlLedger(engine, url)

@@ -5,23 +5,20 @@ file relative to the working directory, and the scripts are the ones shipped in 
 ledger written by a newer Meshmarket, and otherwise migrates inside one transaction that holds the
 database's write lock, so two processes opening a fresh ledger at once cannot both migrate it.
 
-Developers: `python -m ledger.migrate revision --autogenerate -m "add x" [--url URL]` writes a new
-version against a scratch SQLite database at head; `python -m ledger.migrate upgrade|downgrade REV
---url URL` runs migrations by hand.
+Developers: `python -m migrations revision --autogenerate -m "add x" [--url URL]` writes a new
+version against a scratch SQLite database at head; `python -m migrations upgrade|downgrade REV
+--url URL` runs migrations by hand (migrations/__main__.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, text
 
 import migrations
 from mesh.errors import LedgerError
@@ -94,47 +91,3 @@ def upgrade(engine: Engine, revision: str = "head") -> bool:
 
 def downgrade(engine: Engine, revision: str) -> None:
     _run(engine, lambda conn: command.downgrade(alembic_config(conn), revision))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger.migrate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rev = sub.add_parser("revision", help="write a new migration version")
-    rev.add_argument("-m", "--message", required=True)
-    rev.add_argument("--autogenerate", action="store_true")
-    rev.add_argument("--rev-id", default=None)
-    rev.add_argument("--url", default=None, help="database at head to diff against (default: a scratch SQLite)")
-    for name in ("upgrade", "downgrade"):
-        p = sub.add_parser(name)
-        p.add_argument("revision")
-        p.add_argument("--url", required=True)
-    sub.add_parser("heads")
-    args = parser.parse_args(argv)
-    if args.cmd == "heads":
-        print(head_revision())
-        return 0
-    if args.cmd == "revision":
-        with tempfile.TemporaryDirectory() as tmp:
-            url = args.url or f"sqlite:///{tmp}/scratch.sqlite"
-            engine = create_engine(url)
-            try:
-                if args.url is None:
-                    from ledger.store import configure_engine
-
-                    configure_engine(engine)
-                    upgrade(engine)
-                command.revision(alembic_config(url=url), message=args.message,
-                                 autogenerate=args.autogenerate, rev_id=args.rev_id)
-            finally:
-                engine.dispose()
-        return 0
-    engine = create_engine(args.url)
-    try:
-        (upgrade if args.cmd == "upgrade" else downgrade)(engine, args.revision)
-    finally:
-        engine.dispose()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,75 +32,21 @@ import hashlib
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import Protocol
 
+from ledger.evidence import COUNTERS, DEFAULT_HALF_LIFE_S, Evidence, decay  # noqa: F401 — re-exported
 from ledger.records import checksum
 
-if TYPE_CHECKING:
-    from ledger.store import Ledger
 
-#: Decayed counters of `Evidence`, in the order the reputation table stores them.
-COUNTERS: tuple[str, ...] = (
-    "agreed", "dissent", "slashed", "missing", "replaced", "timeouts", "connect_failures",
-    "latency_sum", "latency_weight",
-)
-#: Two weeks: long enough that a provider's record outlives a restart or a quiet weekend, short
-#: enough that one bad day is mostly forgotten after a month.
-DEFAULT_HALF_LIFE_S = 14 * 24 * 3600.0
+class EvidenceSource(Protocol):
+    """What reputation needs of a ledger (ledger.store.Ledger provides it)."""
 
+    def evidence(self, providers: Iterable[str] | None = None) -> dict[str, Evidence]: ...
 
-def decay(age_s: float, half_life_s: float) -> float:
-    """Weight of evidence `age_s` old: 1 now, 1/2 after one half-life. Never above 1."""
-    return 1.0 if age_s <= 0 else 2.0 ** (-age_s / half_life_s)
+    def save_scores(self, scores: Mapping[str, float], at: float) -> None: ...
 
-
-@dataclass
-class Evidence:
-    """A provider's decayed counters as of `ref_time` (unix seconds)."""
-
-    provider: str
-    half_life_s: float
-    ref_time: float
-    agreed: float = 0.0
-    dissent: float = 0.0
-    slashed: float = 0.0
-    missing: float = 0.0
-    replaced: float = 0.0
-    timeouts: float = 0.0
-    connect_failures: float = 0.0
-    latency_sum: float = 0.0
-    latency_weight: float = 0.0
-    #: Undecayed count of settled jobs, for display.
-    jobs: int = 0
-    score: float | None = field(default=None, compare=False)
-    scored_at: float | None = field(default=None, compare=False)
-
-    def add(self, at: float, **amounts: float) -> None:
-        """Fold in evidence observed at `at`; events may arrive out of time order."""
-        unknown = set(amounts) - set(COUNTERS)
-        if unknown:
-            raise ValueError(f"unknown evidence counters {sorted(unknown)}")
-        if at > self.ref_time:
-            # Move the reference forward: everything held so far ages by (at - ref_time).
-            f = decay(at - self.ref_time, self.half_life_s)
-            for name in COUNTERS:
-                setattr(self, name, getattr(self, name) * f)
-            self.ref_time = at
-            weight = 1.0
-        else:
-            weight = decay(self.ref_time - at, self.half_life_s)
-        for name, value in amounts.items():
-            setattr(self, name, getattr(self, name) + value * weight)
-
-    def as_of(self, now: float) -> Evidence:
-        """A copy decayed to `now` (a `now` before ref_time reads the counters as they are)."""
-        f = decay(now - self.ref_time, self.half_life_s)
-        return replace(self, ref_time=max(now, self.ref_time), **{n: getattr(self, n) * f for n in COUNTERS})
-
-    def counters(self) -> dict[str, float]:
-        return {n: getattr(self, n) for n in COUNTERS}
-
+    def rebuild_reputation(self, half_life_s: float) -> int: ...
 
 @dataclass(frozen=True)
 class ReputationPolicy:
@@ -247,7 +193,7 @@ def rank(scores: Mapping[str, Score], prices: Mapping[str, int], *, seed: int,
 class Reputation:
     """Scores and ranks providers from a ledger's evidence under one policy."""
 
-    def __init__(self, ledger: Ledger, policy: ReputationPolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, ledger: EvidenceSource, policy: ReputationPolicy = DEFAULT_POLICY) -> None:
         self.ledger = ledger
         self.policy = policy
 

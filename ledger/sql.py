@@ -56,7 +56,7 @@ from ledger.records import (
     SlashRow,
     checksum,
 )
-from ledger.reputation import COUNTERS, DEFAULT_HALF_LIFE_S, Evidence
+from ledger.evidence import COUNTERS, DEFAULT_HALF_LIFE_S, Evidence
 from ledger.store import Ledger
 from mesh.market import OUTCOME_MAJORITY
 
