@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from consumer.ask import Offer
+from consumer.discovery import Offer
 from ledger import Ledger, Reputation, open_ledger
 from ledger.indexer import Indexer
 from mesh.chain import Chain
