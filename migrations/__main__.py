@@ -39,11 +39,7 @@ def revision(message: str, autogenerate: bool, rev_id: str | None, url: str | No
 @click.option("--url", required=True)
 def upgrade_cmd(revision: str, url: str) -> None:
     """Upgrade the database at URL to REVISION."""
-    engine = make_engine(url)
-    try:
-        upgrade(engine, revision)
-    finally:
-        engine.dispose()
+    _on(url, upgrade, revision)
 
 
 @main.command(name="downgrade")
@@ -51,9 +47,13 @@ def upgrade_cmd(revision: str, url: str) -> None:
 @click.option("--url", required=True)
 def downgrade_cmd(revision: str, url: str) -> None:
     """Downgrade the database at URL to REVISION."""
+    _on(url, downgrade, revision)
+
+
+def _on(url: str, step, revision: str) -> None:
     engine = make_engine(url)
     try:
-        downgrade(engine, revision)
+        step(engine, revision)
     finally:
         engine.dispose()
 

@@ -5,6 +5,7 @@ around every test), the deployed contracts, funded and registered dev accounts, 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -22,6 +23,31 @@ OTHER_MODEL = keccak(b"other-model.gguf")
 PRICE = 10  # base units per output token
 FUNDS = 10**12  # minted to every dev account but the deployer
 STAKE = 10**9
+
+
+#: Tests that start provider processes (the shared devnet, the demo, the CLI) run on one xdist
+#: worker, one after another, so two copies of the devnet never compete for the two cores.
+PROCESS_TESTS = ("test_demo.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "meshnet" in item.fixturenames or item.path.name in PROCESS_TESTS:
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Model facts (GGUF metadata, sha256) are cached per user: keep the suite's cache in its own
+    temp dir, shared by the session and the processes it starts, never in ~/.cache."""
+    path = tmp_path_factory.mktemp("model-cache")
+    old = os.environ.get("MESH_CACHE")
+    os.environ["MESH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MESH_CACHE", None)
+    else:
+        os.environ["MESH_CACHE"] = old
 
 
 @pytest.fixture(autouse=True)
@@ -99,15 +125,65 @@ def market_session(anvil_node):
     return Market(anvil_node.url, chain, mc, deployer, providers, consumer, consumer2, outsider)
 
 
+@contextmanager
+def reverted(deployment):
+    """The session's chain as it is now, and exactly as it was again after the test."""
+    snap = deployment.rpc("evm_snapshot")
+    try:
+        yield deployment
+    finally:
+        deployment.chain.fixed_gas = None
+        assert deployment.rpc("evm_revert", [snap]) is True
+
+
 @pytest.fixture
 def market(market_session):
     """The session's market, reverted to its pristine state after the test."""
-    snap = market_session.rpc("evm_snapshot")
-    try:
-        yield market_session
-    finally:
-        market_session.chain.fixed_gas = None
-        assert market_session.rpc("evm_revert", [snap]) is True
+    with reverted(market_session) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The real llama.cpp engine on the shipped model, loaded once per test process."""
+    from provider.engine import LlamaCppEngine, default_model_path
+
+    eng = LlamaCppEngine(default_model_path(), n_ctx=2048, n_threads=1)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def served_session(anvil_node):
+    """A deployment on the session's Anvil where dev:1..dev:4 offer the real model at PRICE (with
+    real signed manifests) and dev:5, dev:6 are funded consumers: for in-process providers."""
+    from provider.engine import default_model_path
+    from provider.modelfile import file_sha256
+    from tests.harness import Served, signed_manifest
+
+    w3 = connect(anvil_node.url)
+    deployer = dev_account(0)
+    chain = Chain(w3, deploy(w3, deployer, anvil_node.url, MarketParams()))
+    mc = MarketClient(chain)
+    model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
+    manifests = {}
+    for i in (1, 2, 3, 4, 5, 6):
+        chain.transact(deployer, chain.token.functions.mint(dev_account(i).address, FUNDS))
+    for i in (1, 2, 3, 4):
+        acct = dev_account(i)
+        manifests[i] = signed_manifest(acct, str(default_model_path()))
+        mc.register(acct, model_hash, bytes.fromhex(manifests[i].manifest_hash()[2:]), PRICE)
+        mc.stake(acct, STAKE)
+    for i in (5, 6):
+        chain.ensure_allowance(dev_account(i), chain.registry.address, FUNDS)
+    return Served(chain, mc, model_hash, manifests)
+
+
+@pytest.fixture
+def served(served_session):
+    """The served deployment, reverted to its pristine state after the test."""
+    with reverted(served_session) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

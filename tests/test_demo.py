@@ -12,14 +12,12 @@ import time
 import psutil
 
 
-def _ours() -> set[int]:
-    """Anvil and provider processes on this machine."""
-    out = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "anvil" in cmd.split(" ")[0] or "provider start" in cmd or "cli.devnet cheat" in cmd:
-            out.add(p.info["pid"])
-    return out
+def _descendants(pid: int) -> set[int]:
+    """Every process the demo started (Anvil and the providers), however deep."""
+    try:
+        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
@@ -32,21 +30,29 @@ def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
     return alive
 
 
-def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home):
-    before = _ours()
-    r = subprocess.run([sys.executable, "-m", "cli", "demo", "--max-tokens", "8",
-                        "--question", "What is two plus two?", "--question", "Name a colour."],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "MESH_HOME": str(mesh_home)})
+def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home, tmp_path):
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "w") as o, open(err, "w") as e:  # files, not pipes: nothing blocks the demo
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "8",
+                                 "--question", "What is two plus two?", "--question", "Name a colour."],
+                                stdout=o, stderr=e, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
+        started: set[int] = set()
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:  # every process the demo starts
+            started |= _descendants(proc.pid)
+            time.sleep(0.2)
+        proc.wait(timeout=10)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert "agreement 2/3" in out and "slashed (disagreed)" in out  # the cheater is outvoted
     assert "final balances" in out and "provider (cheater)" in out
     assert "Traceback" not in out + r.stderr
-    assert not _wait_gone(_ours() - before), "the demo left processes running"
+    assert len(started) >= 5, "expected Anvil and four providers"
+    assert not _wait_gone(started), "the demo left processes running"
 
 
 def test_demo_ctrl_c_shuts_everything_down(mesh_home):
-    before = _ours()
     proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "64"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
     lines = []
@@ -55,7 +61,7 @@ def test_demo_ctrl_c_shuts_everything_down(mesh_home):
         lines.append(line)
         if line.startswith("== query 1"):
             break
-    started = _ours() - before
+    started = _descendants(proc.pid)
     assert len(started) >= 5, "expected Anvil and four providers running"  # Anvil + 4 providers
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
