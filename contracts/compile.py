@@ -49,7 +49,7 @@ TARGETS = (PRODUCT, TESTS)
 #: Cancun for transient storage (OpenZeppelin's ReentrancyGuardTransient); the optimizer's runs
 #: favour cheap calls over small deployments because jobs are many and deployments few.
 SETTINGS = {
-    "optimizer": {"enabled": True, "runs": 10_000},
+    "optimizer": {"enabled": True, "runs": 1000},
     "viaIR": True,
     "evmVersion": "cancun",
     "remappings": ["@openzeppelin/contracts/=node_modules/@openzeppelin/contracts/"],

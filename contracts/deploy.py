@@ -7,10 +7,21 @@ Used by `mesh contracts deploy`, the local devnet, the tests and the benchmarks.
 from __future__ import annotations
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3 import Web3
+
+from mesh.errors import ChainError
 
 from mesh.chain import CONTRACT_NAMES, RevertDecoder, load_artifact, send
 from mesh.config import Deployment, MarketParams
+
+
+def get_create_address(sender: str, nonce: int) -> str:
+    """The address a contract created by `sender` with `nonce` gets: keccak256(rlp([sender, nonce]))[12:]."""
+    import rlp
+    from eth_utils import keccak
+
+    return to_checksum_address(keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:])
 
 
 def deploy_contract(w3: Web3, account: LocalAccount, artifact: dict, *args,
@@ -30,24 +41,29 @@ def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams |
     decoder = RevertDecoder([a["abi"] for a in arts.values()])
     if token_address is None:
         token_address, _ = deploy_contract(w3, account, arts["MeshToken"], account.address, decoder=decoder)
+    # The registry and the market reference each other as immutables: the market is the deployer's
+    # next contract after the registry, so its address is known before either exists.
+    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    expected_market = get_create_address(account.address, nonce + 1)
     registry_address, registry_receipt = deploy_contract(
-        w3, account, arts["ProviderRegistry"], token_address, params.thaw_period, params.min_job_lock,
-        params.collateral_ratio, decoder=decoder,
+        w3, account, arts["ProviderRegistry"], token_address, expected_market, params.thaw_period,
+        params.min_job_lock, params.collateral_ratio, params.weight_cap, params.max_lock_share, decoder=decoder,
     )
-    market_address, _ = deploy_contract(
-        w3, account, arts["JobMarket"], registry_address, params.delivery_window,
-        params.settle_window, params.commit_window, params.reveal_window, decoder=decoder,
+    market_address, market_receipt = deploy_contract(
+        w3, account, arts["JobMarket"], registry_address, params.delivery_window, params.claim_window,
+        params.reveal_window, params.dispute_window, params.court_phase, params.jury_size, decoder=decoder,
     )
-    registry = w3.eth.contract(address=registry_address, abi=arts["ProviderRegistry"]["abi"])
-    bind = send(w3, account, registry.functions.bindMarket(market_address), decoder, action="bindMarket")
-    block = w3.eth.get_block(bind["blockNumber"])
+    if market_address != expected_market:
+        raise ChainError(f"the market was deployed at {market_address}, not at {expected_market} as the registry "
+                         "expects (another transaction from the deployer in between?)", "deploy again")
+    block = w3.eth.get_block(market_receipt["blockNumber"])
     return Deployment(
         chain_id=w3.eth.chain_id,
         rpc_url=rpc_url,
         token=token_address,
         registry=registry_address,
         market=market_address,
-        block=bind["blockNumber"],
+        block=market_receipt["blockNumber"],
         block_hash=block["hash"].to_0x_hex(),
         deployer=account.address,
         params=params,

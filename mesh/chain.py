@@ -66,46 +66,51 @@ def connect(url: str, timeout: float = 10.0) -> Web3:
 #: contracts, so every revert reads the same from the CLI, the provider and the consumer.
 _MESSAGES: dict[str, tuple[str, str]] = {
     "ERC20InsufficientBalance": ("balance {balance} is below the {needed} needed", "get tokens first (`mesh token faucet` on the local chain)"),
-    "ERC20InsufficientAllowance": ("allowance {allowance} is below the {needed} needed", "approve the contract to spend your tokens (`mesh token approve`)"),
+    "ERC20InsufficientAllowance": ("allowance {allowance} is below the {needed} needed", "approve the contract to spend your tokens (`mesh token approve`) or deposit credit (`mesh token deposit`)"),
     "ERC20ExceededCap": ("minting would pass the supply cap {cap}", "mint less"),
     "OwnableUnauthorizedAccount": ("{account} is not the token owner", "mint with the deployer's account"),
     "SafeERC20FailedOperation": ("the token refused a transfer", "check the token contract"),
     "ReentrancyGuardReentrantCall": ("reentrant call refused", "do not call back into the market while it runs"),
-    "NotDeployer": ("only the deployer may bind the market", "use the deploying account"),
-    "MarketAlreadyBound": ("the registry is already bound to a market", "deploy a new registry"),
-    "OnlyMarket": ("only the market contract may lock, release or slash stake", "go through the market"),
+    "OnlyMarket": ("only the market contract may draw, lock, pay or slash", "go through the market"),
     "ZeroAmount": ("the amount is zero", "pass a positive amount"),
     "ZeroHash": ("model hash and manifest hash must be non-zero", "register with a real model file"),
-    "ZeroPrice": ("the price per token must be positive", "pass --price N (base units per output token)"),
+    "ZeroPrice": ("the price per token must be between 1 and 2^48 - 1 base units", "pass --price N (base units per output token)"),
     "EndpointTooLong": ("the endpoint is {length} bytes, over the 256-byte limit", "announce one multiaddr ending in /p2p/<peer id>"),
-    "NotRegistered": ("provider {provider} is not registered for any model", "register it (`mesh provider register`) or choose another provider"),
-    "WrongModel": ("provider {provider} does not serve this model", "choose a provider registered for the model"),
-    "PriceAboveCap": ("provider {provider} charges {price} per token, above the cap {cap}", "raise --max-price or choose a cheaper provider"),
-    "InsufficientFreeStake": ("provider {provider} has {free} free stake, {needed} is needed", "stake more (`mesh provider register --stake`) or wait for open jobs to close"),
+    "NotRegistered": ("provider {provider} is not registered for any model", "register it first (`mesh provider register`)"),
+    "InsufficientFreeStake": ("provider {provider} has {free} free stake, {needed} is needed", "stake more, or wait for contested jobs to close"),
+    "NotEnoughProviders": ("only {found} of the {needed} providers needed could be drawn from the pool", "raise --max-price, lower --max-tokens, or wait for more providers (`mesh models`)"),
     "NothingThawing": ("no stake is thawing", "request an unstake first (`mesh provider unstake N`)"),
     "StillThawing": ("the stake is still thawing until unix time {readyAt}", "withdraw after that time"),
     "NothingOwed": ("no earnings to withdraw", "serve jobs first"),
+    "NothingToWithdraw": ("no credit to withdraw", "refunds appear here after jobs settle"),
+    "HeldMismatch": ("closing the job would move {out}, the job holds {held}", "this is a bug: report it"),
     "BadMaxTokens": ("max tokens {maxTokens} is out of range", "use 1 to 1048576"),
     "ZeroPriceCap": ("the price cap is zero", "pass a positive --max-price"),
-    "DuplicateProvider": ("provider {provider} is listed twice", "choose three distinct providers"),
-    "ConsumerIsProvider": ("the consumer cannot be one of its own providers", "choose providers other than your own account"),
-    "JobExists": ("a job with id {jobId} already exists", "use a fresh salt"),
-    "JobNotOpen": ("job {jobId} is not open (never opened, or already settled)", "check the job id; a settled job cannot be settled again"),
-    "JobMismatch": ("the job parameters do not match job {jobId} on-chain", "pass the parameters from the JobOpened event"),
+    "SlotBusy": ("job slot {slot} is taken by an open job (a consumer has 16)", "settle your open jobs first (`mesh settle`)"),
+    "JobNotOpen": ("job {jobId} is not open with these parameters (settled, contested, or other parameters)", "pass the job as its latest event describes it"),
+    "NotDrawn": ("job {jobId} has no seats yet", "draw them first (drawSeats)"),
+    "AlreadyDrawn": ("job {jobId} already has its seats", "use the job from its SeatsDrawn event"),
+    "DrawExpired": ("the seed block {openBlock} is more than 256 blocks old", "let the job expire (anyone may) and open a new one"),
     "NotConsumer": ("only the job's consumer may do this", "use the consumer's account"),
-    "NotProvider": ("the sender is not the job's provider #{index}", "use that provider's account"),
-    "BadIndex": ("provider index {index} is out of range", "use 0, 1 or 2"),
+    "NotSeat": ("the sender is not the job's seat #{seat}", "use that provider's account"),
+    "BadSeat": ("seat #{seat} does not exist in this job, or has no result to judge", "use a seat the job has"),
+    "SeatsFull": ("the job already has 5 seats", "settle with the results you have"),
     "TooEarly": ("too early: this is allowed from unix time {opensAt}", "wait until then"),
-    "TooLate": ("too late: this closed at unix time {closedAt}", "use the next path of the job (commit/reveal, then finalize)"),
-    "BadSignature": ("the signature of provider #{index} is invalid or not from that provider", "submit the provider's own EIP-712 signed result"),
-    "MissingResult": ("provider #{index}'s result is missing before the delivery deadline", "wait for it, replace the provider, or settle after the delivery window"),
-    "AlreadyCommitted": ("provider #{index} has committed a result on-chain", "include its signed result, or let the job go to reveal and finalize"),
-    "NoCommitment": ("provider #{index} made no commitment", "commit before the commit deadline"),
-    "ZeroCommitment": ("a zero commitment commits to nothing", "commit keccak256(jobId, provider, outputHash, tokenCount, salt)"),
-    "CommitmentMismatch": ("the revealed result does not match provider #{index}'s commitment", "reveal exactly what was committed, with the same salt"),
-    "AlreadyRevealed": ("provider #{index} has already revealed", "nothing more to do: finalize after the reveal window"),
-    "NothingToWithdraw": ("no credit to withdraw", "refunds appear here after jobs settle"),
-    "PayAboveEscrow": ("pay {paid} would exceed the escrow {escrow}", "this is a bug: report it"),
+    "TooLate": ("too late: this closed at unix time {closedAt}", "use the job's next path (claims, then finalize or resolve)"),
+    "BadSignature": ("the signature of seat #{seat} is invalid or not from that seat's provider", "submit the provider's own EIP-712 signed result"),
+    "MissingResult": ("seat #{seat}'s result is missing before the claim window ended", "wait for it, add a seat, or settle after the claim window"),
+    "AlreadyCommitted": ("seat #{seat} has committed a result on-chain", "include its signed result, or let the job go to reveal and finalize"),
+    "NoCommitment": ("seat #{seat} made no commitment", "commit before the claim window ends"),
+    "ZeroCommitment": ("a zero commitment commits to nothing", "commit keccak256(jobId, seat, provider, outputHash, tokenCount, salt)"),
+    "CommitmentMismatch": ("the reveal does not match #{seat}'s commitment", "reveal exactly what was committed, with the same salt"),
+    "AlreadyRevealed": ("#{seat} has already revealed", "nothing more to do: wait for the next phase"),
+    "AlreadyDisputed": ("job {jobId} is already disputed", "wait for the jury"),
+    "NoDispute": ("job {jobId} is not disputed", "dispute it first"),
+    "NotAParty": ("only the consumer or a seat with a valid result may dispute", "use such an account"),
+    "RequestMismatch": ("the request does not hash to the job's promptHash", "send the canonical request the job was opened with"),
+    "NoJury": ("job {jobId} has no jury (not drawn yet, or none could be)", "draw it first, or resolve"),
+    "NotJuror": ("the sender is not a juror of this dispute", "use a juror's account"),
+    "EvidenceMismatch": ("the evidence of seat #{seat} does not hash to its signed output", "post the exact text hash and output tokens it signed"),
 }
 
 _PANICS = {0x01: "assertion failed", 0x11: "arithmetic overflow or underflow", 0x12: "division by zero",
@@ -258,10 +263,12 @@ def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action:
         "nonce": w3.eth.get_transaction_count(account.address, "pending"),
         "chainId": chain_id or w3.eth.chain_id,
     }
-    if gas is not None:
-        params["gas"] = gas
     try:
-        tx = fn.build_transaction(params)  # estimates gas: a revert surfaces here, before signing
+        # Estimated against the pending block, where the transaction will run: a call that depends
+        # on the block number (a draw from the previous block's hash) sees what it will see when
+        # mined. A revert surfaces here, before signing.
+        params["gas"] = gas if gas is not None else fn.estimate_gas(params, block_identifier="pending")
+        tx = fn.build_transaction(params)
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise decoder.decode(_revert_data(exc), action) from exc
     except Web3RPCError as exc:

@@ -51,24 +51,38 @@ def rpc_url(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class MarketParams:
-    """Deployment parameters; every default carries its reason."""
+    """Deployment parameters (immutables of the registry and the market); every default carries its
+    reason. All times are seconds of chain time."""
 
-    #: A week, as in staking protocols: long enough that a slash for a job still open lands first.
+    #: A week, as in staking protocols: stake leaves slowly, so a provider cannot run from a job.
     thaw_period: int = 7 * 24 * 3600
     #: 1 MESH (6 decimals): even a tiny job risks something real when it lies.
     min_job_lock: int = 1_000_000
-    #: Each job locks twice the most it can earn: lying costs more than an honest answer earns.
+    #: Each seat locks twice the most it can earn: a proven lie costs more than honest work earns.
     collateral_ratio: int = 2
-    #: Providers answer in seconds; 10 min before a silent provider's share can be refunded.
+    #: Draw weight saturates at 100 MESH of stake: a pool's providers are drawn in proportion to
+    #: stake up to it (more identities for more weight), and a draw needs few attempts. Set it near
+    #: the typical stake of a deployment's providers.
+    weight_cap: int = 100_000_000
+    #: One job may lock at most a quarter of a provider's stake: what a single job can put at risk.
+    max_lock_share: int = 4
+    #: Providers answer in seconds; 10 min before anything can happen without a silent seat.
     delivery_window: int = 10 * 60
-    #: The consumer has an hour to settle before providers may settle themselves.
-    settle_window: int = 60 * 60
-    #: Then 30 min for providers to commit, and 30 min to reveal.
-    commit_window: int = 30 * 60
-    reveal_window: int = 30 * 60
+    #: Then 10 min in which a seat that delivered but was not settled commits its claim, before
+    #: the consumer may leave any seat out.
+    claim_window: int = 10 * 60
+    #: Then 10 min to reveal committed claims.
+    reveal_window: int = 10 * 60
+    #: A contested job waits 30 min for a party to dispute it before its provisional outcome holds.
+    dispute_window: int = 30 * 60
+    #: Each court phase (evidence, vote commit, vote reveal): scoring takes seconds, jurors are
+    #: online providers, 10 min leaves room for a restart.
+    court_phase: int = 10 * 60
+    #: Three jurors: one captured juror decides nothing.
+    jury_size: int = 3
 
     def lock_for(self, max_tokens: int, price: int) -> int:
-        """ProviderRegistry.lockFor, the one Python mirror of it: the stake a job locks per provider."""
+        """ProviderRegistry.lockFor, the one Python mirror of it: the stake a seat locks."""
         return lock_for(self.min_job_lock, self.collateral_ratio, max_tokens, price)
 
 
@@ -98,7 +112,7 @@ class Deployment:
     @classmethod
     def from_dict(cls, data: dict) -> Deployment:
         try:
-            params = MarketParams(**data.get("params", {}))
+            params = MarketParams(**data.get("params", {}))  # a v1 record fails here: redeploy
             return cls(
                 chain_id=int(data["chain_id"]),
                 rpc_url=str(data["rpc_url"]),

@@ -1,10 +1,11 @@
 """The market's actions and signatures, shared by provider, consumer, tests and benchmarks.
 
 - `Job` (defined with the wire protocol, mesh.protocol): what the market stores the hash of.
-- `ResultClaim`: the EIP-712 `Result(bytes32 jobId,bytes32 outputHash,uint64 tokenCount)` a provider
-  signs, domain {name "Meshmarket", version "1", chainId, verifyingContract = market}; signed and
+- `ResultClaim`: the EIP-712 `Result(bytes32 jobId,bytes32 outputHash,uint64 tokenCount)` a seat
+  signs, domain {name "Meshmarket", version "2", chainId, verifyingContract = market}; signed and
   recovered with eth-account's EIP-712 implementation.
-- `commitment(...)`: the provider-bound commitment of the fallback (commit/reveal) path.
+- `Contest`: the results of a contested job, as the market hashed them (JobMarket.Contest).
+- `commitment(...)`, `vote_commitment(...)`: the hidden claims of the fallback path and of jurors.
 - `MarketClient`: one typed method per contract action, over `mesh.chain.Chain`.
 """
 
@@ -22,6 +23,7 @@ from eth_utils import keccak, to_checksum_address
 from web3.logs import DISCARD
 
 from mesh.chain import Chain
+from mesh.errors import ChainError
 from mesh.protocol import Job
 from mesh.types import JobId, TokenAmount
 
@@ -32,16 +34,23 @@ RESULT_TYPES = {
         {"name": "tokenCount", "type": "uint64"},
     ]
 }
-#: JobSettled.outcome values.
-OUTCOME_MAJORITY, OUTCOME_NO_MAJORITY = 0, 1
+#: JobSettled.outcome values (JobMarket.Outcome).
+OUTCOME_AGREED, OUTCOME_PROVISIONAL, OUTCOME_JUDGED, OUTCOME_REFUNDED = 0, 1, 2, 3
+OUTCOMES = ("agreed", "provisional", "judged", "refunded")
+#: A juror's verdict on one seat (2 bits per seat in a vote).
+PASS, SOFT, HARD = 0, 1, 2
+ZERO32 = b"\x00" * 32
+CONTEST_ABI = "(bytes32[5],uint64[5],uint8,uint8,uint8,uint64,uint64[5])"
+CLOSED = b"\x00" * 31 + b"\x01"
+JOB_SLOT_RANGE = range(16)
 
 
-def job_id_for(consumer: str, salt: bytes) -> JobId:
-    return JobId(keccak(abi_encode(["address", "bytes32"], [to_checksum_address(consumer), salt])))
+def job_id_for(consumer: str, open_block: int, slot: int) -> JobId:
+    return JobId(keccak(abi_encode(["address", "uint64", "uint8"], [to_checksum_address(consumer), open_block, slot])))
 
 
 def result_domain(chain_id: int, market: str) -> dict:
-    return {"name": "Meshmarket", "version": "1", "chainId": chain_id, "verifyingContract": to_checksum_address(market)}
+    return {"name": "Meshmarket", "version": "2", "chainId": chain_id, "verifyingContract": to_checksum_address(market)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class ResultClaim:
 
     @staticmethod
     def missing() -> tuple:
-        return (b"\x00" * 32, 0, b"\x00" * 32, b"\x00" * 32)
+        return (ZERO32, 0, ZERO32, ZERO32)
 
 
 def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
@@ -82,13 +91,57 @@ def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
     return r, ((v - 27) << 255 | s).to_bytes(32, "big")
 
 
-def commitment(job_id: bytes, provider: str, output_hash: bytes, token_count: int, salt: bytes) -> bytes:
-    return keccak(abi_encode(["bytes32", "address", "bytes32", "uint64", "bytes32"],
-                             [job_id, to_checksum_address(provider), output_hash, token_count, salt]))
+def commitment(job_id: bytes, seat: int, provider: str, output_hash: bytes, token_count: int, salt: bytes) -> bytes:
+    """A seat's hidden claim: provider and seat inside, so a copied commitment never reveals."""
+    return keccak(abi_encode(["bytes32", "uint8", "address", "bytes32", "uint64", "bytes32"],
+                             [job_id, seat, to_checksum_address(provider), output_hash, token_count, salt]))
+
+
+def vote_commitment(job_id: bytes, juror: str, verdicts: int, salt: bytes) -> bytes:
+    return keccak(abi_encode(["bytes32", "address", "uint16", "bytes32"],
+                             [job_id, to_checksum_address(juror), verdicts, salt]))
+
+
+def pack_verdicts(verdicts: dict[int, int]) -> int:
+    """{seat: PASS|SOFT|HARD} -> the 2-bits-per-seat vote JobMarket.revealVote takes."""
+    return sum(v << (2 * seat) for seat, v in verdicts.items())
 
 
 def new_salt() -> bytes:
     return os.urandom(32)
+
+
+@dataclass(frozen=True)
+class Contest:
+    """JobMarket.Contest: the results of a contested job (seat masks as bit sets)."""
+
+    outputs: tuple[bytes, ...]
+    counts: tuple[int, ...]
+    present: int
+    slashed: int
+    provisional: int
+    contested_at: int
+    locks: tuple[int, ...]
+
+    def as_abi(self) -> tuple:
+        return (list(self.outputs), list(self.counts), self.present, self.slashed, self.provisional,
+                self.contested_at, list(self.locks))
+
+    def slot_hash(self, job: Job) -> bytes:
+        """What the market stores for `job` while it is contested."""
+        return keccak(job.hash() + keccak(abi_encode([CONTEST_ABI], [self.as_abi()])))
+
+    def seats(self, mask: int) -> list[int]:
+        return [i for i in range(5) if mask >> i & 1]
+
+    @classmethod
+    def from_event(cls, c) -> Contest:
+        """From JobContested's `contest` argument (a tuple or a dict)."""
+        if isinstance(c, dict):
+            c = (c["outputs"], c["counts"], c["present"], c["slashed"], c["provisional"], c["contestedAt"],
+                 c["locks"])
+        return cls(tuple(bytes(o) for o in c[0]), tuple(int(n) for n in c[1]), int(c[2]), int(c[3]), int(c[4]),
+                   int(c[5]), tuple(int(n) for n in c[6]))
 
 
 class MarketClient:
@@ -99,78 +152,153 @@ class MarketClient:
         self.registry = chain.registry.functions
         self.market = chain.market.functions
 
-    # -- registry
-    def register(self, acct: LocalAccount, model_hash: bytes, manifest_hash: bytes, price: int, endpoint: str = "") -> dict:
-        return self.chain.transact(acct, self.registry.register(model_hash, manifest_hash, price, endpoint))
+    def _tx(self, acct: LocalAccount, fn) -> dict:
+        return self.chain.transact(acct, fn)
+
+    # -- registry: providers
+    def register(self, acct: LocalAccount, model_hash: bytes, manifest_hash: bytes, price: int, endpoint: str = "",
+                 group: bytes = ZERO32) -> dict:
+        return self._tx(acct, self.registry.register(model_hash, manifest_hash, price, group, endpoint))
+
+    def deregister(self, acct: LocalAccount) -> dict:
+        return self._tx(acct, self.registry.deregister())
 
     def stake(self, acct: LocalAccount, amount: int) -> dict:
         self.chain.ensure_allowance(acct, self.chain.registry.address, amount)
-        return self.chain.transact(acct, self.registry.stake(amount))
+        return self._tx(acct, self.registry.stake(amount))
 
     def request_unstake(self, acct: LocalAccount, amount: int) -> dict:
-        return self.chain.transact(acct, self.registry.requestUnstake(amount))
+        return self._tx(acct, self.registry.requestUnstake(amount))
 
     def withdraw_stake(self, acct: LocalAccount) -> dict:
-        return self.chain.transact(acct, self.registry.withdrawStake())
+        return self._tx(acct, self.registry.withdrawStake())
 
     def withdraw_earnings(self, acct: LocalAccount) -> dict:
-        return self.chain.transact(acct, self.registry.withdrawEarnings())
+        return self._tx(acct, self.registry.withdrawEarnings())
 
     def account(self, provider: str) -> dict:
-        stake, locked, owed, price = self.registry.accounts(to_checksum_address(provider)).call()
-        model_hash, manifest_hash = self.registry.listings(to_checksum_address(provider)).call()
-        thawing, ready_at = self.registry.thaws(to_checksum_address(provider)).call()
+        p = to_checksum_address(provider)
+        stake, locked, owed, price = self.registry.accounts(p).call()
+        model_hash, manifest_hash, group, pool_index = self.registry.listings(p).call()
+        thawing, ready_at = self.registry.thaws(p).call()
         return {"stake": stake, "locked": locked, "owed": owed, "price": price, "model_hash": model_hash,
-                "manifest_hash": manifest_hash, "thawing": thawing, "thaw_ready_at": ready_at}
+                "manifest_hash": manifest_hash, "group": group, "listed": pool_index != 0, "thawing": thawing,
+                "thaw_ready_at": ready_at}
 
-    # -- market
-    def open_job(self, acct: LocalAccount, model_hash: bytes, prompt_hash: bytes, max_tokens: int, price_cap: int,
-                 providers: list[str], salt: bytes | None = None, approve: bool = True) -> tuple[JobId, Job, dict]:
-        """Open a job; returns (job id, the Job as stored, receipt)."""
-        salt = salt or new_salt()
-        providers = [to_checksum_address(p) for p in providers]
-        if approve:
-            # Exactly the escrow the registry will take from the wallet, at the current prices.
-            prices = [self.registry.accounts(p).call()[3] for p in providers]
-            need = max_tokens * sum(prices) - self.credit(acct.address)
-            if need > 0:
-                self.chain.ensure_allowance(acct, self.chain.registry.address, need)
-        receipt = self.chain.transact(acct, self.market.openJob(salt, model_hash, prompt_hash, max_tokens, price_cap, providers))
-        event = self.chain.market.events.JobOpened().process_receipt(receipt, errors=DISCARD)[0]
-        return JobId(bytes(event["args"]["jobId"])), Job.from_event(event["args"]), receipt
-
-    def settle(self, acct: LocalAccount, job_id: bytes, job: Job, results: list[ResultClaim | None]) -> dict:
-        encoded = [r.as_abi() if r is not None else ResultClaim.missing() for r in results]
-        return self.chain.transact(acct, self.market.settle(job_id, job.as_abi(), encoded))
-
-    def replace_provider(self, acct: LocalAccount, job_id: bytes, job: Job, index: int, new_provider: str) -> tuple[Job, dict]:
-        receipt = self.chain.transact(acct, self.market.replaceProvider(job_id, job.as_abi(), index, to_checksum_address(new_provider)))
-        ev = self.chain.market.events.ProviderReplaced().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return job.with_provider(index, ev["newProvider"], int(ev["price"])), receipt
-
-    def commit(self, acct: LocalAccount, job_id: bytes, job: Job, index: int, commit_hash: bytes) -> dict:
-        return self.chain.transact(acct, self.market.commitResult(job_id, job.as_abi(), index, commit_hash))
-
-    def reveal(self, acct: LocalAccount, job_id: bytes, job: Job, index: int, output_hash: bytes, token_count: int,
-               salt: bytes) -> dict:
-        return self.chain.transact(acct, self.market.revealResult(job_id, job.as_abi(), index, output_hash, token_count, salt))
-
-    def finalize(self, acct: LocalAccount, job_id: bytes, job: Job) -> dict:
-        return self.chain.transact(acct, self.market.finalize(job_id, job.as_abi()))
-
-    # -- consumer credit (kept by the registry, the vault)
+    # -- registry: consumers (credit is kept by the registry, the vault)
     def deposit(self, acct: LocalAccount, amount: int) -> dict:
         self.chain.ensure_allowance(acct, self.chain.registry.address, amount)
-        return self.chain.transact(acct, self.registry.deposit(amount))
+        return self._tx(acct, self.registry.deposit(amount))
 
     def withdraw_credit(self, acct: LocalAccount) -> dict:
-        return self.chain.transact(acct, self.registry.withdrawCredit())
+        return self._tx(acct, self.registry.withdrawCredit())
 
     def credit(self, address: str) -> TokenAmount:
         return TokenAmount(self.registry.credit(to_checksum_address(address)).call())
 
-    def settled_event(self, receipt: dict) -> dict:
-        return dict(self.chain.market.events.JobSettled().process_receipt(receipt, errors=DISCARD)[0]["args"])
+    # -- market: a job
+    def open_job(self, acct: LocalAccount, model_hash: bytes, prompt_hash: bytes, max_tokens: int, price_cap: int,
+                 group: bytes = ZERO32, approve: bool = True, slot: int | None = None) -> tuple[JobId, Job, dict]:
+        """Request a job in a free slot; returns (job id, the Job as stored, receipt). Seats come with
+        draw_seats, which also takes the escrow."""
+        if approve:
+            # Exactly what the draw will take from the wallet: the job's escrow beyond the credit.
+            need = max_tokens * price_cap * 4 - self.credit(acct.address)
+            if need > 0:
+                self.chain.ensure_allowance(acct, self.chain.registry.address, need)
+        slot = self.free_slot(acct.address) if slot is None else slot
+        receipt = self._tx(acct, self.market.openJob(slot, model_hash, group, prompt_hash, max_tokens, price_cap))
+        args = self._event(receipt, "JobOpened")
+        return JobId(bytes(args["jobId"])), Job.from_event(args, receipt["blockNumber"]), receipt
 
-    def is_open(self, job_id: bytes) -> bool:
-        return self.market.isOpen(job_id).call()
+    def draw_seats(self, acct: LocalAccount, job: Job) -> tuple[Job, dict]:
+        receipt = self._tx(acct, self.market.drawSeats(job.as_abi()))
+        ev = self._event(receipt, "SeatsDrawn")
+        return job.drawn(ev["seed"], ev["drawnAt"], ev["seats"], ev["prices"]), receipt
+
+    def add_seat(self, acct: LocalAccount, job: Job) -> tuple[Job, int, dict]:
+        receipt = self._tx(acct, self.market.addSeat(job.as_abi()))
+        ev = self._event(receipt, "SeatAdded")
+        return job.with_seat(ev["seat"], ev["provider"], ev["price"]), int(ev["seat"]), receipt
+
+    def expire(self, acct: LocalAccount, job: Job) -> dict:
+        return self._tx(acct, self.market.expire(job.as_abi()))
+
+    def settle(self, acct: LocalAccount, job: Job, results: list[ResultClaim | None]) -> dict:
+        encoded = [r.as_abi() if r is not None else ResultClaim.missing() for r in results[:job.seat_count]]
+        return self._tx(acct, self.market.settle(job.as_abi(), encoded))
+
+    def commit(self, acct: LocalAccount, job: Job, seat: int, commit_hash: bytes) -> dict:
+        return self._tx(acct, self.market.commitResult(job.as_abi(), seat, commit_hash))
+
+    def reveal(self, acct: LocalAccount, job: Job, seat: int, output_hash: bytes, token_count: int,
+               salt: bytes) -> dict:
+        return self._tx(acct, self.market.revealResult(job.as_abi(), seat, output_hash, token_count, salt))
+
+    def finalize(self, acct: LocalAccount, job: Job) -> dict:
+        return self._tx(acct, self.market.finalize(job.as_abi()))
+
+    # -- market: the court
+    def dispute(self, acct: LocalAccount, job: Job, contest: Contest, request: bytes) -> dict:
+        need = job.jury_fee - self.credit(acct.address)
+        if need > 0:
+            self.chain.ensure_allowance(acct, self.chain.registry.address, need)
+        return self._tx(acct, self.market.dispute(job.as_abi(), contest.as_abi(), request))
+
+    def draw_jury(self, acct: LocalAccount, job: Job, contest: Contest) -> tuple[list[str], dict]:
+        receipt = self._tx(acct, self.market.drawJury(job.as_abi(), contest.as_abi()))
+        jurors = [to_checksum_address(a) for a in self._event(receipt, "JuryDrawn")["jurors"]]
+        return [a for a in jurors if int(a, 16)], receipt
+
+    def post_evidence(self, acct: LocalAccount, job: Job, contest: Contest, seat: int, text_hash: bytes,
+                      tokens: bytes) -> dict:
+        return self._tx(acct, self.market.postEvidence(job.as_abi(), contest.as_abi(), seat, text_hash, tokens))
+
+    def commit_vote(self, acct: LocalAccount, job_id: bytes, commit_hash: bytes) -> dict:
+        return self._tx(acct, self.market.commitVote(job_id, commit_hash))
+
+    def reveal_vote(self, acct: LocalAccount, job_id: bytes, verdicts: int, salt: bytes) -> dict:
+        return self._tx(acct, self.market.revealVote(job_id, verdicts, salt))
+
+    def resolve(self, acct: LocalAccount, job: Job, contest: Contest) -> dict:
+        return self._tx(acct, self.market.resolve(job.as_abi(), contest.as_abi()))
+
+    # -- reads
+    def _event(self, receipt: dict, name: str) -> dict:
+        return dict(getattr(self.chain.market.events, name)().process_receipt(receipt, errors=DISCARD)[0]["args"])
+
+    def settled_event(self, receipt: dict) -> dict:
+        return self._event(receipt, "JobSettled")
+
+    def contest_of(self, receipt: dict) -> Contest | None:
+        """The Contest a settle or finalize produced, or None if it closed the job."""
+        found = self.chain.market.events.JobContested().process_receipt(receipt, errors=DISCARD)
+        return Contest.from_event(found[0]["args"]["contest"]) if found else None
+
+    def free_slot(self, consumer: str) -> int:
+        """A slot of `consumer` with no open job (JobMarket.RING per consumer)."""
+        for i, h in enumerate(self.market.slotsOf(to_checksum_address(consumer)).call()):
+            if bytes(h) in (ZERO32, CLOSED):
+                return i
+        raise ChainError(f"{consumer} has {len(JOB_SLOT_RANGE)} jobs open on-chain, the most a consumer may have",
+                         "settle them first (`mesh settle`)")
+
+    def job_slot(self, job: Job) -> bytes:
+        return bytes(self.market.jobSlot(job.consumer, job.slot).call())
+
+    def is_open(self, job: Job) -> bool:
+        """Open as this exact job (drawn or not); a contested job is not open (see is_contested)."""
+        return self.job_slot(job) == job.hash()
+
+    def is_contested(self, job: Job, contest: Contest) -> bool:
+        return self.job_slot(job) == contest.slot_hash(job)
+
+    def is_closed(self, job: Job, contest: Contest | None = None) -> bool:
+        """Neither open nor contested any more: settled (its ring slot moved on)."""
+        slot = self.job_slot(job)
+        return slot != job.hash() and (contest is None or slot != contest.slot_hash(job))
+
+    def dispute_of(self, job_id: bytes) -> dict:
+        d = self.market.disputes(job_id).call()
+        names = ("disputer", "opened_block", "jury_at", "void", "evidence", "revealed", "jurors", "commits", "verdicts")
+        return dict(zip(names, d))

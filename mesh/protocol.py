@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,10 +49,10 @@ from pydantic import (
 
 from mesh.errors import ManifestError, ProtocolError
 
-PROTOCOL_VERSION = 1
-INFER_PROTOCOL = "/meshmarket/infer/1.0.0"
-MANIFEST_PROTOCOL = "/meshmarket/manifest/1.0.0"
-MANIFEST_VERSION = 1
+PROTOCOL_VERSION = 2
+INFER_PROTOCOL = "/meshmarket/infer/2.0.0"
+MANIFEST_PROTOCOL = "/meshmarket/manifest/2.0.0"
+MANIFEST_VERSION = 2
 #: A constant inside the signed manifest bytes: a manifest signature can never be replayed as a
 #: signature over some other Meshmarket record that is also JSON.
 MANIFEST_KIND = "meshmarket.manifest"
@@ -76,6 +77,14 @@ MAX_TOKENS = 4096
 #: unreproducible, so the largest usable seed is one less.
 MAX_SEED = 2**32 - 2
 MAX_TEMPERATURE_MILLI = 2000
+#: Stop sequences a request may give (as OpenAI's API), and the longest one in bytes.
+MAX_STOPS = 4
+MAX_STOP_BYTES = 64
+#: Seats of a job: three drawn, up to two added (JobMarket.SEATS).
+SEATS = 5
+#: Jobs a consumer may have open at once: its slots on-chain (JobMarket.RING).
+JOB_SLOTS = 16
+ZERO_ADDRESS = "0x" + "00" * 20
 #: A job's max tokens on-chain (JobMarket.MAX_TOKENS_LIMIT); a request asks for at most MAX_TOKENS.
 MAX_JOB_TOKENS = 2**20
 ROLES = ("system", "user", "assistant")
@@ -140,6 +149,14 @@ def _hex(size: int):
         return bytes.fromhex(value[2:])
 
     return parse
+
+
+def _hex_bytes(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str) or not re.fullmatch(r"0x(?:[0-9a-fA-F]{8})*", value):
+        raise ValueError("must be 0x followed by 8 hex digits per token")
+    return bytes.fromhex(value[2:])
 
 
 def _address(value: Any) -> str:
@@ -238,6 +255,9 @@ class Sampling(WireModel):
     temperature_milli: Annotated[Int, Field(ge=0, le=MAX_TEMPERATURE_MILLI)] = 0
     top_p_milli: Annotated[Int, Field(ge=1, le=1000)] = 1000
     seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
+    #: Generation ends before the first of these strings appears in the text (finish "stop").
+    stop: Annotated[tuple[Annotated[NonEmptyText, Field(max_length=MAX_STOP_BYTES)], ...],
+                    Field(max_length=MAX_STOPS)] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -279,7 +299,10 @@ class Sampling(WireModel):
         return s
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        wire = self.model_dump(mode="json", exclude_none=True)
+        if not self.stop:
+            del wire["stop"]  # absent and empty hash the same way: absent
+        return wire
 
     def prompt_hash(self, model_hash: bytes) -> bytes:
         """keccak256 of the canonical {model, sampling}: the job's on-chain promptHash."""
@@ -289,63 +312,118 @@ class Sampling(WireModel):
 # ------------------------------------------------------------------------------ the job
 
 
-JOB_ABI = "(address,bytes32,bytes32,uint64,uint64,uint64,address[3],uint64[3])"
+JOB_ABI = "(address,uint8,bytes32,bytes32,bytes32,uint64,uint64,uint64,uint64,bytes32,address[5],uint64[5])"
+_NO_SEATS = (ZERO_ADDRESS,) * SEATS
 
 
 class Job(WireModel):
-    """The on-chain job (Solidity `JobMarket.Job`): the market stores only keccak256(abi.encode(job))."""
+    """The on-chain job (Solidity `JobMarket.Job`): the market stores only keccak256(abi.encode(job)).
+
+    Opened by the consumer with no seats; `drawn_at`, `seed`, the first three `seats` and their
+    `prices` are set by the draw; a seat added later fills the next empty place. An empty seat is
+    the zero address with price 0."""
 
     consumer: Address
+    #: Which of the consumer's job slots on-chain holds it (JobMarket.RING of them).
+    slot: Annotated[Int, Field(ge=0, lt=JOB_SLOTS)]
     model_hash: Hex32
+    #: 0 = the open market; else the private mesh (pool) the job is drawn from.
+    group: Hex32 = b"\x00" * 32
     prompt_hash: Hex32
     max_tokens: Annotated[Int, Field(ge=1, le=MAX_JOB_TOKENS)]
     price_cap: Annotated[Int, Field(ge=1, le=UINT64_MAX)]
-    opened_at: Uint64
-    providers: tuple[Address, Address, Address]
-    prices: tuple[Uint64, Uint64, Uint64]
+    open_block: Uint64
+    drawn_at: Uint64 = 0
+    seed: Hex32 = b"\x00" * 32
+    seats: tuple[Address, Address, Address, Address, Address] = _NO_SEATS
+    prices: tuple[Uint64, Uint64, Uint64, Uint64, Uint64] = (0,) * SEATS
 
     def as_abi(self) -> tuple:
-        return (self.consumer, self.model_hash, self.prompt_hash, self.max_tokens, self.price_cap, self.opened_at,
-                list(self.providers), list(self.prices))
+        return (self.consumer, self.slot, self.model_hash, self.group, self.prompt_hash, self.max_tokens,
+                self.price_cap, self.open_block, self.drawn_at, self.seed, list(self.seats), list(self.prices))
+
+    @property
+    def job_id(self) -> bytes:
+        """keccak256(abi.encode(consumer, openBlock, slot)): never reused (a slot opens once a block)."""
+        return keccak(abi_encode(["address", "uint64", "uint8"], [self.consumer, self.open_block, self.slot]))
 
     def hash(self) -> bytes:
         """keccak256(abi.encode(job)): what the market stores for an open job."""
         return keccak(abi_encode([JOB_ABI], [self.as_abi()]))
 
     @property
-    def escrow(self) -> int:
-        return self.max_tokens * sum(self.prices)
+    def seat_count(self) -> int:
+        return sum(1 for s in self.seats if s != ZERO_ADDRESS)
 
-    def with_provider(self, index: int, provider: str, price: int) -> Job:
-        providers, prices = list(self.providers), list(self.prices)
-        providers[index], prices[index] = to_checksum_address(provider), price
-        return self.model_copy(update={"providers": tuple(providers), "prices": tuple(prices)})
+    @property
+    def held(self) -> int:
+        """What the job holds in the vault: maxTokens * priceCap per seat (three at least) plus a
+        jury reserve of one more share (JobMarket._held)."""
+        return self.max_tokens * self.price_cap * (max(3, self.seat_count) + 1)
+
+    @property
+    def jury_fee(self) -> int:
+        """A dispute's bond, and the consumer's jury reserve: maxTokens * priceCap."""
+        return self.max_tokens * self.price_cap
+
+    def seat_of(self, provider: str) -> int | None:
+        provider = to_checksum_address(provider)
+        return next((i for i, s in enumerate(self.seats) if s == provider), None)
+
+    def drawn(self, seed: bytes, drawn_at: int, seats: Sequence[str], prices: Sequence[int]) -> Job:
+        """The job after drawSeats (its first seats and prices; the rest stay empty)."""
+        seats = [to_checksum_address(a) for a in seats] + [ZERO_ADDRESS] * (SEATS - len(seats))
+        prices = [int(p) for p in prices] + [0] * (SEATS - len(prices))
+        return self.model_copy(update={"seed": bytes(seed), "drawn_at": int(drawn_at), "seats": tuple(seats),
+                                       "prices": tuple(prices)})
+
+    def with_seat(self, index: int, provider: str, price: int) -> Job:
+        seats, prices = list(self.seats), list(self.prices)
+        seats[index], prices[index] = to_checksum_address(provider), int(price)
+        return self.model_copy(update={"seats": tuple(seats), "prices": tuple(prices)})
 
     @classmethod
-    def from_event(cls, args: Any) -> Job:
-        """From the decoded arguments of a JobOpened event."""
-        return cls(consumer=args["consumer"], model_hash=bytes(args["modelHash"]), prompt_hash=bytes(args["promptHash"]),
-                   max_tokens=int(args["maxTokens"]), price_cap=int(args["priceCap"]), opened_at=int(args["openedAt"]),
-                   providers=tuple(args["providers"]), prices=tuple(int(p) for p in args["prices"]))
+    def from_event(cls, args: Any, block_number: int) -> Job:
+        """From the decoded arguments of a JobOpened event and the block it is in (no seats yet)."""
+        return cls(consumer=args["consumer"], slot=int(args["slot"]), model_hash=bytes(args["modelHash"]),
+                   group=bytes(args["group"]), prompt_hash=bytes(args["promptHash"]), max_tokens=int(args["maxTokens"]),
+                   price_cap=int(args["priceCap"]), open_block=int(block_number))
+
+
+def output_hash(text: str, tokens: Sequence[int]) -> bytes:
+    """What a seat signs as its output: keccak256(keccak256(UTF-8 text) || keccak256(tokens)), the
+    tokens as uint32 big-endian. The consumer checks both parts; a jury scores the tokens and checks
+    that they detokenize to the text (docs/PROTOCOL.md)."""
+    return keccak(keccak(text.encode("utf-8")) + keccak(pack_tokens(tokens)))
+
+
+def pack_tokens(tokens: Sequence[int]) -> bytes:
+    return b"".join(int(t).to_bytes(4, "big") for t in tokens)
+
+
+def unpack_tokens(data: bytes) -> list[int]:
+    if len(data) % 4:
+        raise ValueError("token bytes come in fours (uint32 big-endian)")
+    return [int.from_bytes(data[i:i + 4], "big") for i in range(0, len(data), 4)]
 
 
 # ------------------------------------------------------------------------------ frames
 
 
 class InferRequest(WireModel):
-    """Consumer -> provider, first frame of /meshmarket/infer: run `sampling` for slot `index` of the job."""
+    """Consumer -> provider, first frame of /meshmarket/infer: run `sampling` for seat `seat` of the job."""
 
     type: Literal["infer"] = "infer"
     version: Int = PROTOCOL_VERSION
     job_id: Hex32
     job: Job
-    index: Annotated[Int, Field(ge=0, le=2)]
+    seat: Annotated[Int, Field(ge=0, lt=SEATS)]
     sampling: Sampling
 
     def __init__(self, *args: Any, **data: Any):
-        # InferRequest(job_id, job, index, sampling) reads like the protocol; keywords work too.
+        # InferRequest(job_id, job, seat, sampling) reads like the protocol; keywords work too.
         # (pydantic also calls this from model_validate, with keywords only.)
-        super().__init__(**dict(zip(("job_id", "job", "index", "sampling"), args)), **data)
+        super().__init__(**dict(zip(("job_id", "job", "seat", "sampling"), args)), **data)
 
     @classmethod
     def parse(cls, obj: Any, where: str | None = None, code: str = "bad_request") -> InferRequest:
@@ -367,11 +445,15 @@ class TokenFrame(WireModel):
 
 
 class ResultFrame(WireModel):
-    """Provider -> consumer, last frame: the EIP-712 signed Result(jobId, outputHash, tokenCount)."""
+    """Provider -> consumer, last frame: the EIP-712 signed Result(jobId, outputHash, tokenCount)
+    and the output tokens it covers (`output_hash(text, tokens)`)."""
 
     type: Literal["result"] = "result"
     output_hash: Hex32
     token_count: Uint64
+    #: The generated token ids, uint32 big-endian each, 0x-hex.
+    tokens: Annotated[bytes, BeforeValidator(_hex_bytes), PlainSerializer(_hex_out, return_type=str),
+                      WithJsonSchema({"type": "string", "pattern": "^0x([0-9a-fA-F]{8})*$"})] = b""
     signature: Signature
     finish_reason: Literal["stop", "length"] = "stop"
 

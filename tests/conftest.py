@@ -91,10 +91,12 @@ class Market:
     def now(self) -> int:
         return self.chain.w3.eth.get_block("latest")["timestamp"]
 
-    def open(self, providers=None, max_tokens=100, price_cap=PRICE, consumer=None, **kw):
+    def open(self, max_tokens=100, price_cap=PRICE, consumer=None, **kw):
+        """Open and draw a job; (job id, the drawn Job)."""
         consumer = consumer or self.consumer
-        providers = providers or [p.address for p in self.providers[:3]]
-        return self.mc.open_job(consumer, MODEL, keccak(b"prompt"), max_tokens, price_cap, providers, **kw)
+        job_id, job, _ = self.mc.open_job(consumer, MODEL, keccak(b"prompt"), max_tokens, price_cap, **kw)
+        job, _ = self.mc.draw_seats(consumer, job)
+        return job_id, job
 
 
 @pytest.fixture(scope="session")

@@ -6,35 +6,56 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ProviderRegistry} from "./ProviderRegistry.sol";
 
-/// @title JobMarket — escrow, three-way verified settlement and the liveness paths of a job.
-/// @notice A job is stored as ONE slot: the keccak256 of its parameters. Every later call passes
-///         the parameters back and the market checks them against that hash; the JobOpened
-///         event carries them for everyone else. The market holds no tokens: escrow, earnings,
-///         stake and refunds are kept by the ProviderRegistry (the vault), which only this
-///         market may move. Refunds become the consumer's credit there (pull payments).
+/// @title JobMarket — a paid query's life on-chain: escrow, a committee nobody chooses, settlement
+///        that pays agreeing work at once, and a court for everything else.
+/// @notice A job is stored as ONE storage slot: the keccak256 of its parameters, in one of its
+///         consumer's RING slots, which the consumer picks among its free ones and which is reused
+///         once the job in it closed (an agreed job writes no new storage). Every call passes the
+///         parameters back (the Job is always the first argument) and the market checks them
+///         against that hash; the events carry them for everyone else. The job id is
+///         keccak256(abi.encode(consumer, openBlock, slot)): a slot is opened at most once a block,
+///         so an id is never reused and old signatures never replay. The market holds no tokens:
+///         escrow, bonds, earnings and stake are kept by the ProviderRegistry (the vault), which
+///         only this market may move.
 ///
-///         Life of a job (all deadlines count from openedAt):
-///           [0, settleWindow)            consumer: settle with signed results, replaceProvider
-///             from deliveryWindow on       consumer may settle without a provider that has not
-///                                          delivered (and not committed): its share is refunded
-///           [0, settleWindow+commitWindow) providers: commitResult (provider-bound commitment)
-///           [commitEnd, commitEnd+revealWindow) providers: revealResult
-///           from revealEnd                 anyone: finalize (pays the revealed majority, refunds the rest)
+///         Life of a job (deadlines count from drawnAt, the draw's block time):
+///           openJob      consumer: escrow (maxTokens * priceCap * 4: three seats and a jury reserve)
+///           drawSeats    anyone, from the next block: three seats drawn from the pool by stake, with
+///                        the hash of the open block as seed (the consumer could not know it);
+///                        nothing is locked: a provider's stake is locked only if its job is contested
+///           addSeat      consumer, before deliveryEnd: one more seat, drawn (never chosen), up to 5
+///           settle       consumer, before revealEnd, with every seat's signed result; a seat may be
+///                        left out only from claimEnd on, and only if it did not commit
+///           commitResult a seat, [deliveryEnd, claimEnd): a provider-bound hidden claim
+///           revealResult anyone, [claimEnd, revealEnd)
+///           finalize     anyone: from claimEnd when nobody committed, else from revealEnd; the
+///                        revealed results settle the job; a commitment never revealed is slashed
+///         Results that all agree close the job at once: each seat is paid tokenCount * price. Any
+///         disagreement makes the job CONTESTED: every seat with a result has its lock taken from its
+///         stake, and a provisional outcome (the strict majority of two or more is paid, nobody is
+///         slashed for it) stands unless a party disputes within disputeWindow.
+///         A dispute draws a jury from the same pool; every judged seat publishes its output tokens;
+///         jurors score them under the model (docs/VERIFICATION.md) and vote in commit-reveal; a seat
+///         is slashed only on a majority of the jury for "hard fail" (or for not publishing what it
+///         signed). A majority of the committee never convicts anyone.
 contract JobMarket is EIP712, ReentrancyGuardTransient {
-
     struct Job {
         address consumer;
+        uint8 slot; // which of the consumer's RING slots holds the job
         bytes32 modelHash;
+        bytes32 group; // 0 = the open market; else a private mesh its providers joined
         bytes32 promptHash;
         uint64 maxTokens;
         uint64 priceCap;
-        uint64 openedAt;
-        address[3] providers;
-        uint64[3] prices;
+        uint64 openBlock;
+        uint64 drawnAt; // 0 until the seats are drawn
+        bytes32 seed; // keccak256(jobId, blockhash(openBlock)); 0 until drawn
+        address[5] seats; // three drawn, up to two added; address(0) = no seat
+        uint64[5] prices;
     }
 
-    /// A provider's signed claim, signature in EIP-2098 compact form (r, vs); r == vs == 0 means
-    /// "no result from this provider". Static, so calldata carries no offsets or lengths.
+    /// A seat's EIP-712 signed result, signature in EIP-2098 compact form (r, vs); r == vs == 0
+    /// means "no result from this seat". Static, so calldata carries no offsets or lengths.
     struct SignedResult {
         bytes32 outputHash;
         uint64 tokenCount;
@@ -48,324 +69,698 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         bool revealed;
     }
 
+    /// The results of a contested job, passed back in calldata and checked against contests[jobId].
+    struct Contest {
+        bytes32[5] outputs;
+        uint64[5] counts;
+        uint8 present; // seats with a valid result (signed, tokenCount <= maxTokens)
+        uint8 slashed; // seats slashed whatever happens: a provable lie, or a commitment never revealed
+        uint8 provisional; // the strict majority of two or more, paid if nobody disputes
+        uint64 contestedAt;
+        uint64[5] locks; // stake each seat has locked for this job (its lock, or what was free)
+    }
+
+    struct Dispute {
+        address disputer;
+        uint64 openedBlock;
+        uint64 juryAt; // time the jury was drawn; 0 before
+        bool void; // no jury could be drawn: the provisional outcome stands, the bond returns
+        uint8 evidence; // seats whose tokens were published
+        uint8 revealed; // jurors who revealed a vote
+        address[3] jurors;
+        bytes32[3] commits;
+        uint16[3] verdicts; // 2 bits per seat: 0 pass, 1 soft fail (unpaid), 2 hard fail (slashed)
+    }
+
     enum Outcome {
-        Majority, // two or three agreeing results: they are paid, a dissenter is slashed
-        NoMajority // fewer than two agreeing results: full refund, nobody paid
+        Agreed, // every present result agreed: all paid
+        Provisional, // contested, nobody disputed (or no jury): the majority paid, nobody slashed for it
+        Judged, // contested and judged by a jury
+        Refunded // no valid result at all
     }
 
     bytes32 public constant RESULT_TYPEHASH = keccak256("Result(bytes32 jobId,bytes32 outputHash,uint64 tokenCount)");
     bytes32 private constant CLOSED = bytes32(uint256(1));
+    /// Jobs a consumer may have open at once (its RING slots).
+    uint256 public constant RING = 16;
     uint64 public constant MAX_TOKENS_LIMIT = 1 << 20;
+    uint256 public constant SEATS = 5;
+    uint256 public constant FIRST_SEATS = 3;
+    uint16 private constant PASS = 0;
+    uint16 private constant SOFT = 1;
+    uint16 private constant HARD = 2;
 
     ProviderRegistry public immutable registry;
     uint64 public immutable deliveryWindow;
-    uint64 public immutable settleWindow;
-    uint64 public immutable commitWindow;
+    uint64 public immutable claimWindow;
     uint64 public immutable revealWindow;
+    uint64 public immutable disputeWindow;
+    /// Each court phase (evidence, vote commit, vote reveal) lasts this long.
+    uint64 public immutable courtPhase;
+    uint8 public immutable jurySize;
 
-    /// keccak256(abi.encode(Job)) while open, CLOSED after settlement, 0 if never opened.
-    mapping(bytes32 => bytes32) public jobHashes;
-    mapping(bytes32 => bytes32[3]) internal _commits;
-    mapping(bytes32 => Reveal[3]) internal _reveals;
+    /// Per consumer, RING slots: keccak256(abi.encode(job)) while open, keccak256(abi.encode(that,
+    /// contest)) while contested, CLOSED after, 0 never used.
+    mapping(address => bytes32[16]) internal _slots;
+    mapping(bytes32 => bytes32[5]) internal _commits;
+    mapping(bytes32 => Reveal[5]) internal _reveals;
+    mapping(bytes32 => Dispute) internal _disputes;
 
+    /// The job's openBlock is the block this event is in.
     event JobOpened(
         bytes32 indexed jobId,
         address indexed consumer,
         bytes32 indexed modelHash,
+        uint8 slot,
+        bytes32 group,
         bytes32 promptHash,
         uint64 maxTokens,
-        uint64 priceCap,
-        uint64 openedAt,
-        address[3] providers,
-        uint64[3] prices
+        uint64 priceCap
     );
-    event ProviderReplaced(
-        bytes32 indexed jobId, uint8 index, address indexed oldProvider, address indexed newProvider, uint64 price
-    );
-    event ResultCommitted(bytes32 indexed jobId, uint8 index, address indexed provider, bytes32 commitment);
-    event ResultRevealed(bytes32 indexed jobId, uint8 index, address indexed provider, bytes32 outputHash, uint64 tokenCount);
-    event JobSettled(
-        bytes32 indexed jobId,
-        Outcome outcome,
-        bytes32 outputHash,
-        uint64[3] tokenCounts,
-        uint256[3] paid,
-        uint8 slashMask,
-        uint256 refund
-    );
+    event SeatsDrawn(bytes32 indexed jobId, bytes32 seed, uint64 drawnAt, address[3] seats, uint64[3] prices);
+    event SeatAdded(bytes32 indexed jobId, uint8 seat, address indexed provider, uint64 price);
+    event ResultCommitted(bytes32 indexed jobId, uint8 seat, address indexed provider, bytes32 commitment);
+    event ResultRevealed(bytes32 indexed jobId, uint8 seat, address indexed provider, bytes32 outputHash, uint64 tokenCount);
+    event JobContested(bytes32 indexed jobId, Contest contest);
+    event DisputeOpened(bytes32 indexed jobId, address indexed disputer, uint256 bond, bytes request);
+    event JuryDrawn(bytes32 indexed jobId, address[3] jurors);
+    event EvidencePosted(bytes32 indexed jobId, uint8 seat, bytes32 textHash, bytes tokens);
+    event VoteCommitted(bytes32 indexed jobId, address indexed juror);
+    event VoteRevealed(bytes32 indexed jobId, address indexed juror, uint16 verdicts);
+    /// paid[i] = tokenCount * price of seat i (its token count is paid / price); `present` marks
+    /// the seats with a valid result, `slashMask` those whose lock was burned; `refund` went to the
+    /// consumer's credit. A jury's pay is in JuryPaid.
+    event JobSettled(bytes32 indexed jobId, Outcome outcome, uint8 present, uint256[5] paid, uint8 slashMask, uint256 refund);
+    event JuryPaid(bytes32 indexed jobId, address[3] jurors, uint256 share, uint256 bondRefund);
 
     error BadMaxTokens(uint256 maxTokens);
     error ZeroPriceCap();
-    error DuplicateProvider(address provider);
-    error ConsumerIsProvider();
-    error JobExists(bytes32 jobId);
+    error SlotBusy(uint8 slot);
     error JobNotOpen(bytes32 jobId);
-    error JobMismatch(bytes32 jobId);
+    error NotDrawn(bytes32 jobId);
+    error AlreadyDrawn(bytes32 jobId);
+    error DrawExpired(uint64 openBlock);
     error NotConsumer();
-    error NotProvider(uint8 index);
-    error BadIndex(uint8 index);
+    error NotSeat(uint8 seat);
+    error BadSeat(uint8 seat);
+    error SeatsFull();
     error TooEarly(uint64 opensAt);
     error TooLate(uint64 closedAt);
-    error BadSignature(uint8 index);
-    error MissingResult(uint8 index);
-    error AlreadyCommitted(uint8 index);
-    error NoCommitment(uint8 index);
+    error BadSignature(uint8 seat);
+    error MissingResult(uint8 seat);
+    error AlreadyCommitted(uint8 seat);
+    error NoCommitment(uint8 seat);
     error ZeroCommitment();
-    error CommitmentMismatch(uint8 index);
-    error AlreadyRevealed(uint8 index);
+    error CommitmentMismatch(uint8 seat);
+    error AlreadyRevealed(uint8 seat);
+
+    error AlreadyDisputed(bytes32 jobId);
+    error NoDispute(bytes32 jobId);
+    error NotAParty();
+    error RequestMismatch();
+    error NoJury(bytes32 jobId);
+    error NotJuror();
+    error EvidenceMismatch(uint8 seat);
 
     constructor(
         ProviderRegistry registry_,
         uint64 deliveryWindow_,
-        uint64 settleWindow_,
-        uint64 commitWindow_,
-        uint64 revealWindow_
-    ) EIP712("Meshmarket", "1") {
-        require(deliveryWindow_ <= settleWindow_, "delivery window longer than settle window");
+        uint64 claimWindow_,
+        uint64 revealWindow_,
+        uint64 disputeWindow_,
+        uint64 courtPhase_,
+        uint8 jurySize_
+    ) EIP712("Meshmarket", "2") {
+        require(jurySize_ >= 1 && jurySize_ <= 3, "jury size 1 to 3");
         registry = registry_;
         deliveryWindow = deliveryWindow_;
-        settleWindow = settleWindow_;
-        commitWindow = commitWindow_;
+        claimWindow = claimWindow_;
         revealWindow = revealWindow_;
+        disputeWindow = disputeWindow_;
+        courtPhase = courtPhase_;
+        jurySize = jurySize_;
     }
 
-    // ---------------------------------------------------------------- consumer
+    // ---------------------------------------------------------------- consumer: open, draw, add
 
-    /// Open a job on three distinct providers registered for `modelHash` at or under `priceCap`.
-    /// Escrows exactly maxTokens * sum(price_i) in the registry, spending the caller's credit there
-    /// first (approve the registry, or deposit() into it, beforehand).
-    /// The job id is keccak256(abi.encode(msg.sender, salt)): the consumer knows it before mining.
-    function openJob(
-        bytes32 salt,
-        bytes32 modelHash,
-        bytes32 promptHash,
-        uint64 maxTokens,
-        uint64 priceCap,
-        address[3] calldata providers
-    ) external nonReentrant returns (bytes32 jobId) {
+    /// Request a job for `modelHash` in pool `group` (0: the open market) at most `priceCap` per
+    /// output token, in the consumer's free slot `slot` (< RING; see slotsOf). The draw escrows
+    /// maxTokens * priceCap * 4 (three seats and a jury reserve; the unspent part returns as credit).
+    function openJob(uint8 slot, bytes32 modelHash, bytes32 group, bytes32 promptHash, uint64 maxTokens, uint64 priceCap)
+        external
+        returns (bytes32 jobId)
+    {
         if (maxTokens == 0 || maxTokens > MAX_TOKENS_LIMIT) revert BadMaxTokens(maxTokens);
         if (priceCap == 0) revert ZeroPriceCap();
-        if (providers[0] == providers[1] || providers[0] == providers[2]) revert DuplicateProvider(providers[0]);
-        if (providers[1] == providers[2]) revert DuplicateProvider(providers[1]);
-        if (msg.sender == providers[0] || msg.sender == providers[1] || msg.sender == providers[2]) {
-            revert ConsumerIsProvider();
-        }
-        jobId = keccak256(abi.encode(msg.sender, salt));
-        if (jobHashes[jobId] != bytes32(0)) revert JobExists(jobId);
-
-        uint64[3] memory prices = registry.openJobFunds(msg.sender, modelHash, priceCap, maxTokens, providers);
-        uint64 openedAt = uint64(block.timestamp);
-        jobHashes[jobId] = keccak256(
-            abi.encode(msg.sender, modelHash, promptHash, maxTokens, priceCap, openedAt, providers, prices)
-        );
-        emit JobOpened(jobId, msg.sender, modelHash, promptHash, maxTokens, priceCap, openedAt, providers, prices);
+        if (slot >= RING) revert SlotBusy(slot);
+        bytes32 prior = _slots[msg.sender][slot];
+        if (prior != bytes32(0) && prior != CLOSED) revert SlotBusy(slot);
+        Job memory job;
+        (job.consumer, job.slot, job.modelHash, job.group) = (msg.sender, slot, modelHash, group);
+        (job.promptHash, job.maxTokens, job.priceCap, job.openBlock) = (promptHash, maxTokens, priceCap, uint64(block.number));
+        _slots[msg.sender][slot] = keccak256(abi.encode(job));
+        jobId = keccak256(abi.encode(msg.sender, job.openBlock, slot));
+        emit JobOpened(jobId, msg.sender, modelHash, slot, group, promptHash, maxTokens, priceCap);
     }
 
-    /// Replace provider `index` (it failed, refused or stalled) before the settle deadline. The
-    /// replaced provider is released unpaid; the escrow follows the new price. A provider that
-    /// has committed a result cannot be replaced. Deadlines do not move.
-    function replaceProvider(bytes32 jobId, Job calldata job, uint8 index, address newProvider) external nonReentrant {
-        _checkOpen(jobId, job);
-        if (msg.sender != job.consumer) revert NotConsumer();
-        if (index > 2) revert BadIndex(index);
-        uint64 settleEnd = job.openedAt + settleWindow;
-        if (block.timestamp >= settleEnd) revert TooLate(settleEnd);
-        if (_commits[jobId][index] != bytes32(0)) revert AlreadyCommitted(index);
-        if (newProvider == job.consumer) revert ConsumerIsProvider();
-        for (uint256 i; i < 3; ++i) {
-            if (job.providers[i] == newProvider) revert DuplicateProvider(newProvider);
+    /// Draw the first three seats (anyone may call, from the block after openJob, within 256
+    /// blocks): seed = keccak256(jobId, blockhash(openBlock)), fixed only once the request was on
+    /// chain. The consumer's escrow is taken here (credit first); nothing is locked.
+    function drawSeats(Job calldata job) external nonReentrant {
+        bytes32 jobId = _checkOpen(job);
+        if (job.drawnAt != 0) revert AlreadyDrawn(jobId);
+        if (block.number <= job.openBlock) revert TooEarly(job.openBlock + 1);
+        bytes32 blockHash = blockhash(job.openBlock);
+        if (blockHash == bytes32(0)) revert DrawExpired(job.openBlock);
+        bytes32 seed = keccak256(abi.encode(jobId, blockHash));
+        address[] memory exclude = new address[](1);
+        exclude[0] = job.consumer;
+        (address[3] memory seats, uint64[3] memory prices, uint256 found) = registry.draw(
+            ProviderRegistry.DrawSpec(_pool(job), seed, FIRST_SEATS, job.priceCap, job.maxTokens, true, job.consumer,
+                uint256(job.maxTokens) * job.priceCap * (FIRST_SEATS + 1)),
+            exclude
+        );
+        if (found < FIRST_SEATS) revert ProviderRegistry.NotEnoughProviders(found, FIRST_SEATS);
+        uint256 drawnAt = block.timestamp;
+        bytes32 h;
+        assembly ("memory-safe") {
+            // The job's ABI encoding is the calldata after the selector (a static struct): copy it,
+            // set drawnAt, seed and the first three seats and prices, hash it.
+            let p := mload(0x40)
+            calldatacopy(p, 4, 640)
+            mstore(add(p, 256), drawnAt)
+            mstore(add(p, 288), seed)
+            for { let i := 0 } lt(i, 3) { i := add(i, 1) } {
+                // Fixed-size memory arrays: no length word, element i at offset 32 * i.
+                mstore(add(p, add(320, mul(i, 32))), mload(add(seats, mul(i, 32))))
+                mstore(add(p, add(480, mul(i, 32))), mload(add(prices, mul(i, 32))))
+            }
+            h := keccak256(p, 640)
         }
+        _slots[job.consumer][job.slot] = h;
+        emit SeatsDrawn(jobId, seed, uint64(drawnAt), seats, prices);
+    }
 
+    /// One more seat (a seat failed, or the consumer wants more assurance), drawn like the first
+    /// three with keccak256(seed, seat); the consumer escrows its share. No seat is ever removed.
+    function addSeat(Job calldata job) external nonReentrant {
+        bytes32 jobId = _checkOpen(job);
+        if (msg.sender != job.consumer) revert NotConsumer();
+        if (job.drawnAt == 0) revert NotDrawn(jobId);
+        uint64 deliveryEnd = job.drawnAt + deliveryWindow;
+        if (block.timestamp >= deliveryEnd) revert TooLate(deliveryEnd);
+        uint256 n = _seatCount(job);
+        if (n == SEATS) revert SeatsFull();
+        address[] memory exclude = new address[](n + 1);
+        for (uint256 i; i < n; ++i) {
+            exclude[i] = job.seats[i];
+        }
+        exclude[n] = job.consumer;
+        (address[3] memory seat, uint64[3] memory price, uint256 found) = registry.draw(
+            ProviderRegistry.DrawSpec(_pool(job), keccak256(abi.encode(job.seed, n)), 1, job.priceCap, job.maxTokens, true,
+                job.consumer, uint256(job.maxTokens) * job.priceCap),
+            exclude
+        );
+        if (found == 0) revert ProviderRegistry.NotEnoughProviders(0, 1);
         Job memory next = job;
-        next.providers[index] = newProvider;
-        next.prices[index] = registry.swapProvider(
-            job.consumer, job.modelHash, job.priceCap, job.maxTokens, job.providers[index], job.prices[index], newProvider
-        );
-        jobHashes[jobId] = keccak256(abi.encode(next));
-        emit ProviderReplaced(jobId, index, job.providers[index], newProvider, next.prices[index]);
+        (next.seats[n], next.prices[n]) = (seat[0], price[0]);
+        _store(job, keccak256(abi.encode(next)));
+        emit SeatAdded(jobId, uint8(n), seat[0], price[0]);
     }
 
-    /// The consumer settles with the providers' EIP-712 signed results. All three are required
-    /// until deliveryWindow has passed; after it, a provider that has not delivered (and not
-    /// committed on-chain) may be left out, and its share is refunded.
-    function settle(bytes32 jobId, Job calldata job, SignedResult[3] calldata results) external nonReentrant {
-        _checkOpen(jobId, job);
-        if (msg.sender != job.consumer) revert NotConsumer();
-        uint64 settleEnd = job.openedAt + settleWindow;
-        if (block.timestamp >= settleEnd) revert TooLate(settleEnd);
+    /// An undrawn job whose seed block is out of reach (256 blocks) can never be drawn: anyone
+    /// closes it (it holds no escrow yet), freeing its consumer's slot.
+    function expire(Job calldata job) external {
+        bytes32 jobId = _checkOpen(job);
+        if (job.drawnAt != 0) revert AlreadyDrawn(jobId);
+        if (block.number <= uint256(job.openBlock) + 256) revert TooEarly(job.openBlock + 257);
+        _store(job, CLOSED);
+        uint256[5] memory none;
+        emit JobSettled(jobId, Outcome.Refunded, 0, none, 0, 0);
+    }
 
-        bytes32[3] memory keys;
-        uint64[3] memory counts;
-        uint256 present;
-        for (uint8 i; i < 3; ++i) {
-            SignedResult calldata r = results[i];
-            if (r.r == bytes32(0) && r.vs == bytes32(0)) {
-                uint64 deliverEnd = job.openedAt + deliveryWindow;
-                if (block.timestamp < deliverEnd) revert MissingResult(i);
+    // ---------------------------------------------------------------- settlement
+
+    /// The consumer settles with the seats' EIP-712 signed results, results[i] for seat i (a seat
+    /// past the array's end counts as missing). A seat may be missing only from claimEnd on (every
+    /// seat has had its claim window) and only if it did not commit.
+    function settle(Job calldata job, SignedResult[] calldata results) external {
+        bytes32 jobId = _checkOpen(job);
+        if (msg.sender != job.consumer) revert NotConsumer();
+        if (job.drawnAt == 0) revert NotDrawn(jobId);
+        uint64 claimEnd = job.drawnAt + deliveryWindow + claimWindow;
+        if (block.timestamp >= claimEnd + revealWindow) revert TooLate(claimEnd + revealWindow);
+        Contest memory c;
+        for (uint8 i; i < SEATS; ++i) {
+            if (job.seats[i] == address(0)) continue;
+            if (i >= results.length || (results[i].r == bytes32(0) && results[i].vs == bytes32(0))) {
+                if (block.timestamp < claimEnd) revert MissingResult(i);
                 if (_commits[jobId][i] != bytes32(0)) revert AlreadyCommitted(i);
                 continue;
             }
+            SignedResult calldata r = results[i];
             bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(RESULT_TYPEHASH, jobId, r.outputHash, r.tokenCount)));
             (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r.r, r.vs);
-            if (err != ECDSA.RecoverError.NoError || signer != job.providers[i]) revert BadSignature(i);
-            keys[i] = keccak256(abi.encode(r.outputHash, r.tokenCount));
-            counts[i] = r.tokenCount;
-            present |= 1 << i;
+            if (err != ECDSA.RecoverError.NoError || signer != job.seats[i]) revert BadSignature(i);
+            _record(c, i, r.outputHash, r.tokenCount, job.maxTokens);
         }
-        bytes32[3] memory outputs = [results[0].outputHash, results[1].outputHash, results[2].outputHash];
-        _close(jobId, job, keys, outputs, counts, present, 0);
+        _conclude(jobId, job, c);
     }
 
-    // ---------------------------------------------------------------- providers (fallback path)
-
-    /// Provider `index` binds itself to a result without revealing it:
-    /// commitment = keccak256(abi.encode(jobId, provider, outputHash, tokenCount, salt)).
-    /// The provider's address inside the commitment means a copied commitment never reveals.
-    function commitResult(bytes32 jobId, Job calldata job, uint8 index, bytes32 commitment) external {
-        _checkOpen(jobId, job);
-        if (index > 2) revert BadIndex(index);
-        if (msg.sender != job.providers[index]) revert NotProvider(index);
-        uint64 commitEnd = job.openedAt + settleWindow + commitWindow;
-        if (block.timestamp >= commitEnd) revert TooLate(commitEnd);
-        if (_commits[jobId][index] != bytes32(0)) revert AlreadyCommitted(index);
+    /// Seat `seat` binds itself to its result without revealing it, once the delivery window is
+    /// over and the job is still open: commitment = keccak256(abi.encode(jobId, seat, provider,
+    /// outputHash, tokenCount, salt)). Provider and seat inside: a copied commitment never reveals.
+    function commitResult(Job calldata job, uint8 seat, bytes32 commitment) external {
+        bytes32 jobId = _checkOpen(job);
+        if (seat >= SEATS || job.seats[seat] == address(0)) revert BadSeat(seat);
+        if (msg.sender != job.seats[seat]) revert NotSeat(seat);
+        uint64 deliveryEnd = job.drawnAt + deliveryWindow;
+        if (block.timestamp < deliveryEnd) revert TooEarly(deliveryEnd);
+        uint64 claimEnd = deliveryEnd + claimWindow;
+        if (block.timestamp >= claimEnd) revert TooLate(claimEnd);
+        if (_commits[jobId][seat] != bytes32(0)) revert AlreadyCommitted(seat);
         if (commitment == bytes32(0)) revert ZeroCommitment(); // zero means "none" in storage
-        _commits[jobId][index] = commitment;
-        emit ResultCommitted(jobId, index, msg.sender, commitment);
+        _commits[jobId][seat] = commitment;
+        emit ResultCommitted(jobId, seat, msg.sender, commitment);
     }
 
     /// Reveal after every commitment is final, so nobody can commit to what another revealed.
-    function revealResult(bytes32 jobId, Job calldata job, uint8 index, bytes32 outputHash, uint64 tokenCount, bytes32 salt)
-        external
-    {
-        _checkOpen(jobId, job);
-        if (index > 2) revert BadIndex(index);
-        uint64 commitEnd = job.openedAt + settleWindow + commitWindow;
-        if (block.timestamp < commitEnd) revert TooEarly(commitEnd);
-        uint64 revealEnd = commitEnd + revealWindow;
-        if (block.timestamp >= revealEnd) revert TooLate(revealEnd);
-        bytes32 commitment = _commits[jobId][index];
-        if (commitment == bytes32(0)) revert NoCommitment(index);
-        if (_reveals[jobId][index].revealed) revert AlreadyRevealed(index);
-        address provider = job.providers[index];
-        if (keccak256(abi.encode(jobId, provider, outputHash, tokenCount, salt)) != commitment) {
-            revert CommitmentMismatch(index);
-        }
-        _reveals[jobId][index] = Reveal(outputHash, tokenCount, true);
-        emit ResultRevealed(jobId, index, provider, outputHash, tokenCount);
+    function revealResult(Job calldata job, uint8 seat, bytes32 outputHash, uint64 tokenCount, bytes32 salt) external {
+        bytes32 jobId = _checkOpen(job);
+        if (seat >= SEATS || job.seats[seat] == address(0)) revert BadSeat(seat);
+        uint64 claimEnd = job.drawnAt + deliveryWindow + claimWindow;
+        if (block.timestamp < claimEnd) revert TooEarly(claimEnd);
+        if (block.timestamp >= claimEnd + revealWindow) revert TooLate(claimEnd + revealWindow);
+        bytes32 commitment = _commits[jobId][seat];
+        if (commitment == bytes32(0)) revert NoCommitment(seat);
+        if (_reveals[jobId][seat].revealed) revert AlreadyRevealed(seat);
+        bytes32 expected = keccak256(abi.encode(jobId, seat, job.seats[seat], outputHash, tokenCount, salt));
+        if (expected != commitment) revert CommitmentMismatch(seat);
+        _reveals[jobId][seat] = Reveal(outputHash, tokenCount, true);
+        emit ResultRevealed(jobId, seat, job.seats[seat], outputHash, tokenCount);
     }
 
-    /// After the reveal window anyone may close a job the consumer did not settle: the revealed
-    /// majority is paid, a revealed dissenter slashed, everything else refunded to the consumer.
-    /// A provider that committed and never revealed is slashed too: its commitment stopped the
-    /// consumer from settling without it or replacing it, so withholding the reveal would be a
-    /// free veto over everyone's pay.
-    function finalize(bytes32 jobId, Job calldata job) external nonReentrant {
-        _checkOpen(jobId, job);
-        uint64 revealEnd = job.openedAt + settleWindow + commitWindow + revealWindow;
-        if (block.timestamp < revealEnd) revert TooEarly(revealEnd);
-        bytes32[3] memory keys;
-        bytes32[3] memory outputs;
-        uint64[3] memory counts;
-        uint256 present;
-        uint256 withheld;
-        for (uint8 i; i < 3; ++i) {
-            Reveal memory r = _reveals[jobId][i];
-            if (!r.revealed) {
-                if (_commits[jobId][i] != bytes32(0)) withheld |= 1 << i;
-                continue;
-            }
-            keys[i] = keccak256(abi.encode(r.outputHash, r.tokenCount));
-            outputs[i] = r.outputHash;
-            counts[i] = r.tokenCount;
-            present |= 1 << i;
+    /// Anyone settles a job the consumer did not: from claimEnd when no seat committed (nothing to
+    /// wait for), else from revealEnd on the revealed results. A seat that committed and never
+    /// revealed is slashed: its commitment stopped the consumer from leaving it out, so withholding
+    /// the reveal would be a free veto.
+    function finalize(Job calldata job) external nonReentrant {
+        bytes32 jobId = _checkOpen(job);
+        if (job.drawnAt == 0) revert NotDrawn(jobId);
+        uint64 claimEnd = job.drawnAt + deliveryWindow + claimWindow;
+        bytes32[5] memory commits = _commits[jobId];
+        bool anyCommit;
+        for (uint256 i; i < SEATS; ++i) {
+            if (commits[i] != bytes32(0)) anyCommit = true;
         }
-        delete _commits[jobId];
-        delete _reveals[jobId];
-        _close(jobId, job, keys, outputs, counts, present, withheld);
+        uint64 opensAt = anyCommit ? claimEnd + revealWindow : claimEnd;
+        if (block.timestamp < opensAt) revert TooEarly(opensAt);
+        Contest memory c;
+        for (uint8 i; i < SEATS; ++i) {
+            Reveal memory r = _reveals[jobId][i];
+            if (r.revealed) {
+                _record(c, i, r.outputHash, r.tokenCount, job.maxTokens);
+            } else if (commits[i] != bytes32(0)) {
+                c.slashed |= uint8(1 << i);
+            }
+        }
+        if (anyCommit) {
+            delete _commits[jobId];
+            delete _reveals[jobId];
+        }
+        _conclude(jobId, job, c);
+    }
+
+    // ---------------------------------------------------------------- the court
+
+    /// A party (the consumer, or a seat with a valid result) disputes a contested job: it posts a
+    /// bond of maxTokens * priceCap and the request itself (keccak256 must be the promptHash), so
+    /// jurors can score the outputs. The jury is drawn from the next block.
+    function dispute(Job calldata job, Contest calldata c, bytes calldata request) external nonReentrant {
+        bytes32 jobId = _checkContest(job, c);
+        uint64 disputeEnd = c.contestedAt + disputeWindow;
+        if (block.timestamp >= disputeEnd) revert TooLate(disputeEnd);
+        Dispute storage d = _disputes[jobId];
+        if (d.disputer != address(0)) revert AlreadyDisputed(jobId);
+        if (msg.sender != job.consumer && _presentSeatOf(job, c, msg.sender) == SEATS) revert NotAParty();
+        if (keccak256(request) != job.promptHash) revert RequestMismatch();
+        uint256 bond = _juryFee(job);
+        registry.collect(msg.sender, bond);
+        (d.disputer, d.openedBlock) = (msg.sender, uint64(block.number));
+        emit DisputeOpened(jobId, msg.sender, bond, request);
+    }
+
+    /// Draw the jury (anyone, from the block after the dispute, within 256 blocks) from the job's
+    /// pool, excluding its seats, consumer and disputer, weighted by stake like the seats.
+    function drawJury(Job calldata job, Contest calldata c) external {
+        bytes32 jobId = _checkContest(job, c);
+        Dispute storage d = _disputes[jobId];
+        if (d.disputer == address(0)) revert NoDispute(jobId);
+        if (d.juryAt != 0 || d.void) revert NoJury(jobId);
+        if (block.number <= d.openedBlock) revert TooEarly(d.openedBlock + 1);
+        bytes32 blockHash = blockhash(d.openedBlock);
+        if (blockHash == bytes32(0)) revert DrawExpired(d.openedBlock);
+        address[] memory exclude = new address[](SEATS + 2);
+        for (uint256 i; i < SEATS; ++i) {
+            exclude[i] = job.seats[i];
+        }
+        (exclude[SEATS], exclude[SEATS + 1]) = (job.consumer, d.disputer);
+        (address[3] memory jurors,, uint256 found) = registry.draw(
+            ProviderRegistry.DrawSpec(
+                _pool(job), keccak256(abi.encode(jobId, "jury", blockHash)), jurySize, 0, 0, false, address(0), 0
+            ),
+            exclude
+        );
+        if (found == 0) {
+            d.void = true;
+        } else {
+            (d.juryAt, d.jurors) = (uint64(block.timestamp), jurors);
+        }
+        emit JuryDrawn(jobId, d.jurors);
+    }
+
+    /// Publish what seat `seat` signed, during the evidence phase: the keccak256 of its text and
+    /// its output tokens (uint32 big-endian each), which must hash to its output hash
+    /// (keccak256(textHash || keccak256(tokens))) and number exactly its token count. Anyone may
+    /// post it; a judged seat whose evidence is missing at the end of the phase is slashed.
+    function postEvidence(Job calldata job, Contest calldata c, uint8 seat, bytes32 textHash, bytes calldata tokens)
+        external
+    {
+        bytes32 jobId = _checkContest(job, c);
+        Dispute storage d = _disputes[jobId];
+        if (d.juryAt == 0) revert NoJury(jobId);
+        uint64 evidenceEnd = d.juryAt + courtPhase;
+        if (block.timestamp >= evidenceEnd) revert TooLate(evidenceEnd);
+        if (seat >= SEATS || c.present & (1 << seat) == 0) revert BadSeat(seat);
+        if (tokens.length != uint256(c.counts[seat]) * 4) revert EvidenceMismatch(seat);
+        if (keccak256(abi.encodePacked(textHash, keccak256(tokens))) != c.outputs[seat]) revert EvidenceMismatch(seat);
+        d.evidence |= uint8(1 << seat);
+        emit EvidencePosted(jobId, seat, textHash, tokens);
+    }
+
+    /// A juror commits to its verdicts (2 bits per seat) after the evidence phase:
+    /// commitment = keccak256(abi.encode(jobId, juror, verdicts, salt)).
+    function commitVote(bytes32 jobId, bytes32 commitment) external {
+        Dispute storage d = _disputes[jobId];
+        uint256 j = _jurorIndex(jobId, d);
+        uint64 opens = d.juryAt + courtPhase;
+        if (block.timestamp < opens) revert TooEarly(opens);
+        if (block.timestamp >= opens + courtPhase) revert TooLate(opens + courtPhase);
+        if (commitment == bytes32(0)) revert ZeroCommitment();
+        if (d.commits[j] != bytes32(0)) revert AlreadyCommitted(uint8(j));
+        d.commits[j] = commitment;
+        emit VoteCommitted(jobId, msg.sender);
+    }
+
+    function revealVote(bytes32 jobId, uint16 verdicts, bytes32 salt) external {
+        Dispute storage d = _disputes[jobId];
+        uint256 j = _jurorIndex(jobId, d);
+        uint64 opens = d.juryAt + 2 * courtPhase;
+        if (block.timestamp < opens) revert TooEarly(opens);
+        if (block.timestamp >= opens + courtPhase) revert TooLate(opens + courtPhase);
+        if (d.revealed & (1 << j) != 0) revert AlreadyRevealed(uint8(j));
+        if (keccak256(abi.encode(jobId, msg.sender, verdicts, salt)) != d.commits[j]) revert CommitmentMismatch(uint8(j));
+        d.verdicts[j] = verdicts;
+        d.revealed |= uint8(1 << j);
+        emit VoteRevealed(jobId, msg.sender, verdicts);
+    }
+
+    /// Close a contested job (anyone): with no dispute after disputeWindow, or a void one, the
+    /// provisional outcome; with a jury, after its reveal phase, the jury's verdict.
+    function resolve(Job calldata job, Contest calldata c) external nonReentrant {
+        bytes32 jobId = _checkContest(job, c);
+        Dispute memory d = _disputes[jobId];
+        if (d.disputer == address(0) || d.void) {
+            uint64 disputeEnd = c.contestedAt + disputeWindow;
+            if (d.disputer == address(0) && block.timestamp < disputeEnd) revert TooEarly(disputeEnd);
+            uint256 bond = d.disputer == address(0) ? 0 : _juryFee(job);
+            _close(jobId, job, Outcome.Provisional, c, c.provisional, 0, 0, d, bond);
+            return;
+        }
+        if (d.juryAt == 0) {
+            // The dispute's seed block is out of reach and nobody drew a jury: void.
+            if (block.number <= uint256(d.openedBlock) + 256) revert NoJury(jobId);
+            _close(jobId, job, Outcome.Provisional, c, c.provisional, 0, 0, d, _juryFee(job));
+            return;
+        }
+        uint64 courtEnd = d.juryAt + 3 * courtPhase;
+        if (block.timestamp < courtEnd) revert TooEarly(courtEnd);
+        _closeJudged(jobId, job, c, d);
     }
 
     // ---------------------------------------------------------------- views
 
-    function jobIdFor(address consumer, bytes32 salt) external pure returns (bytes32) {
-        return keccak256(abi.encode(consumer, salt));
+    /// The consumer's slots: keccak256(abi.encode(job)) of an open job, keccak256(abi.encode(that,
+    /// contest)) of a contested one, CLOSED (0x..01) or 0 when free.
+    function slotsOf(address consumer) external view returns (bytes32[16] memory) {
+        return _slots[consumer];
     }
 
-    function hashJob(Job calldata job) external pure returns (bytes32) {
-        return keccak256(abi.encode(job));
+    function jobSlot(address consumer, uint8 slot) external view returns (bytes32) {
+        return _slots[consumer][slot];
     }
 
-    function escrowOf(Job calldata job) external pure returns (uint256) {
-        return uint256(job.maxTokens) * (uint256(job.prices[0]) + job.prices[1] + job.prices[2]);
-    }
-
-    function isOpen(bytes32 jobId) external view returns (bool) {
-        bytes32 h = jobHashes[jobId];
-        return h != bytes32(0) && h != CLOSED;
-    }
-
-    function commitments(bytes32 jobId) external view returns (bytes32[3] memory) {
+    function commitments(bytes32 jobId) external view returns (bytes32[5] memory) {
         return _commits[jobId];
     }
 
-    function reveals(bytes32 jobId) external view returns (Reveal[3] memory) {
+    function reveals(bytes32 jobId) external view returns (Reveal[5] memory) {
         return _reveals[jobId];
     }
 
-    function domainSeparator() external view returns (bytes32) {
-        return _domainSeparatorV4();
+    function disputes(bytes32 jobId) external view returns (Dispute memory) {
+        return _disputes[jobId];
     }
 
     // ---------------------------------------------------------------- internals
 
-    function _checkOpen(bytes32 jobId, Job calldata job) private view {
-        bytes32 h = jobHashes[jobId];
-        if (h == bytes32(0) || h == CLOSED) revert JobNotOpen(jobId);
-        if (h != keccak256(abi.encode(job))) revert JobMismatch(jobId);
+    /// The job's id, if `job` is open and not contested (its slot holds exactly its hash).
+    function _checkOpen(Job calldata job) private view returns (bytes32 jobId) {
+        jobId = _jobId(job);
+        if (job.slot >= RING || _slots[job.consumer][job.slot] != _jobHash()) revert JobNotOpen(jobId);
     }
 
-    /// Majority rule over the present results. A result is a vote for (outputHash, tokenCount);
-    /// a claim of more tokens than maxTokens is provably false and never counts, and is slashed.
-    /// `withheld` marks committed-but-unrevealed providers, slashed whatever the outcome.
+    function _checkContest(Job calldata job, Contest calldata c) private view returns (bytes32 jobId) {
+        jobId = _jobId(job);
+        bytes32 h = keccak256(abi.encode(_jobHash(), c));
+        if (job.slot >= RING || _slots[job.consumer][job.slot] != h) revert JobNotOpen(jobId);
+    }
+
+    function _jobId(Job calldata job) private pure returns (bytes32) {
+        return keccak256(abi.encode(job.consumer, job.openBlock, job.slot));
+    }
+
+    /// keccak256(abi.encode(job)) for the Job that every entry point takes as its first argument:
+    /// a static struct, so its encoding is the 640 bytes of calldata after the selector. A
+    /// non-canonical encoding hashes differently from the canonical one stored at openJob, so it
+    /// never passes a check.
+    function _jobHash() private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            calldatacopy(p, 4, 640)
+            h := keccak256(p, 640)
+        }
+    }
+
+    function _store(Job calldata job, bytes32 value) private {
+        _slots[job.consumer][job.slot] = value;
+    }
+
+    function _pool(Job calldata job) private pure returns (bytes32) {
+        return keccak256(abi.encode(job.modelHash, job.group));
+    }
+
+    function _seatCount(Job calldata job) private pure returns (uint256 n) {
+        while (n < SEATS && job.seats[n] != address(0)) ++n;
+    }
+
+    function _held(Job calldata job) private pure returns (uint256) {
+        uint256 n = _seatCount(job);
+        return uint256(job.maxTokens) * job.priceCap * ((n < FIRST_SEATS ? FIRST_SEATS : n) + 1);
+    }
+
+    function _juryFee(Job calldata job) private pure returns (uint256) {
+        return uint256(job.maxTokens) * job.priceCap;
+    }
+
+    /// A result is valid when its token count is within the job; a signed count above it is a
+    /// provable lie, slashed whatever else happens.
+    function _record(Contest memory c, uint8 i, bytes32 outputHash, uint64 tokenCount, uint64 maxTokens) private pure {
+        c.outputs[i] = outputHash;
+        c.counts[i] = tokenCount;
+        if (tokenCount > maxTokens) c.slashed |= uint8(1 << i);
+        else c.present |= uint8(1 << i);
+    }
+
+    /// Every valid result agrees (and there are two or more): pay them all now. No valid result:
+    /// refund. Anything else: contested, with the strict majority of two or more (of the seats
+    /// whose full lock could be taken) as the provisional outcome.
+    function _conclude(bytes32 jobId, Job calldata job, Contest memory c) private {
+        (uint256 valid, uint256 best, uint256 bestMask, bool tie) = _majority(c);
+        bool agreed = valid >= 2 && best == valid;
+        if ((agreed || valid == 0) && c.slashed == 0) {
+            c.provisional = uint8(bestMask);
+            _payOut(jobId, job, valid == 0 ? Outcome.Refunded : Outcome.Agreed, c);
+            return;
+        }
+        if (agreed || valid == 0) {
+            // Agreed (or nothing valid) but a provable lie among them: lock the liars and slash them now.
+            c.locks = registry.lockSeats(job.seats, job.prices, job.maxTokens, c.slashed);
+            Dispute memory none;
+            _close(jobId, job, valid == 0 ? Outcome.Refunded : Outcome.Agreed, c, uint8(bestMask), 0, 0, none, 0);
+            return;
+        }
+        c.locks = registry.lockSeats(job.seats, job.prices, job.maxTokens, c.present | c.slashed);
+        uint256 provisional = best >= 2 && !tie ? bestMask : 0;
+        for (uint256 i; i < SEATS; ++i) {
+            // A seat that could not back its full lock is not paid on a majority: it must be judged.
+            if (provisional & (1 << i) != 0 && c.locks[i] < registry.lockFor(job.maxTokens, job.prices[i])) {
+                provisional &= ~(1 << i);
+            }
+        }
+        c.provisional = uint8(provisional);
+        c.contestedAt = uint64(block.timestamp);
+        _store(job, keccak256(abi.encode(_jobHash(), c)));
+        emit JobContested(jobId, c);
+    }
+
+    function _majority(Contest memory c) private pure returns (uint256 valid, uint256 best, uint256 bestMask, bool tie) {
+        // The common case first: every valid result equal to the first one.
+        uint256 first = SEATS;
+        bool same = true;
+        for (uint256 i; i < SEATS; ++i) {
+            if (c.present & (1 << i) == 0) continue;
+            ++valid;
+            if (first == SEATS) first = i;
+            else if (c.outputs[i] != c.outputs[first] || c.counts[i] != c.counts[first]) same = false;
+        }
+        if (same) return (valid, valid, c.present, false);
+        valid = 0;
+        for (uint256 i; i < SEATS; ++i) {
+            if (c.present & (1 << i) == 0) continue;
+            ++valid;
+            uint256 mask;
+            uint256 n;
+            for (uint256 k; k < SEATS; ++k) {
+                if (c.present & (1 << k) != 0 && c.outputs[k] == c.outputs[i] && c.counts[k] == c.counts[i]) {
+                    mask |= 1 << k;
+                    ++n;
+                }
+            }
+            if (n > best) (best, bestMask, tie) = (n, mask, false);
+            else if (n == best && mask != bestMask) tie = true;
+        }
+    }
+
+    function _closeJudged(bytes32 jobId, Job calldata job, Contest calldata c, Dispute memory d) private {
+        uint256 jurors;
+        for (uint256 j; j < 3; ++j) {
+            if (d.jurors[j] != address(0)) ++jurors;
+        }
+        uint256 need = jurors / 2 + 1;
+        uint256 paid;
+        uint256 slashed = c.slashed;
+        for (uint256 i; i < SEATS; ++i) {
+            if (c.present & (1 << i) == 0) continue;
+            (uint256 hard, uint256 soft) = _tally(d, i);
+            if (d.evidence & (1 << i) == 0 || hard >= need) {
+                slashed |= 1 << i; // hard fail, or it could not show what it signed
+            } else if (hard + soft < need) {
+                paid |= 1 << i; // passed
+            }
+        }
+        // Who pays the jury: the disputer's bond when its dispute changed nothing in its favour,
+        // else the consumer's jury reserve (verification is part of the price of a market).
+        uint256 seat = _presentSeatOf(job, c, d.disputer);
+        bool won = slashed & c.present != 0
+            || (seat < SEATS && paid & (1 << seat) != 0 && c.provisional & (1 << seat) == 0)
+            || (d.disputer == job.consumer && c.provisional & ~paid != 0);
+        uint256 share = _juryFee(job) / jurors;
+        uint256 revealed = (d.revealed & 1) + ((d.revealed >> 1) & 1) + ((d.revealed >> 2) & 1);
+        Contest memory judged = c;
+        judged.slashed = uint8(slashed);
+        _close(jobId, job, Outcome.Judged, judged, uint8(paid), share, won ? 0 : share * revealed, d, _juryFee(job));
+    }
+
+    function _tally(Dispute memory d, uint256 seat) private pure returns (uint256 hard, uint256 soft) {
+        for (uint256 j; j < 3; ++j) {
+            if (d.revealed & (1 << j) == 0) continue;
+            uint16 v = (d.verdicts[j] >> (2 * seat)) & 3;
+            if (v == HARD) ++hard;
+            else if (v == SOFT) ++soft;
+        }
+    }
+
+    /// The fast path: pay the seats in c.provisional (tokenCount * price each), refund the rest.
+    function _payOut(bytes32 jobId, Job calldata job, Outcome outcome, Contest memory c) private {
+        _store(job, CLOSED);
+        uint256[5] memory pays;
+        for (uint256 i; i < SEATS; ++i) {
+            if (c.provisional & (1 << i) != 0) pays[i] = uint256(c.counts[i]) * job.prices[i];
+        }
+        uint256 held = _held(job);
+        registry.payOut(job.consumer, held, job.seats, pays);
+        uint256 refund = held - pays[0] - pays[1] - pays[2] - pays[3] - pays[4];
+        emit JobSettled(jobId, outcome, c.present, pays, 0, refund);
+    }
+
+    /// The slow path: release locks, pay `payMask` seats, slash c.slashed, pay revealed jurors
+    /// `share` each (from the bond up to `fromBond`, the rest from the consumer's reserve), return
+    /// the rest of the bond to the disputer and of the escrow to the consumer.
     function _close(
         bytes32 jobId,
         Job calldata job,
-        bytes32[3] memory keys,
-        bytes32[3] memory outputs,
-        uint64[3] memory counts,
-        uint256 present,
-        uint256 withheld
+        Outcome outcome,
+        Contest memory c,
+        uint8 payMask,
+        uint256 share,
+        uint256 fromBond,
+        Dispute memory d,
+        uint256 bond
     ) private {
-        jobHashes[jobId] = CLOSED;
-        uint256 valid;
-        for (uint256 i; i < 3; ++i) {
-            if (present & (1 << i) != 0 && counts[i] <= job.maxTokens) valid |= 1 << i;
-        }
-        // Find the agreeing set: a key shared by at least two valid votes.
-        uint256 agree;
-        if (valid & 3 == 3 && keys[0] == keys[1]) agree = 3;
-        if (valid & 5 == 5 && keys[0] == keys[2]) agree |= 5;
-        if (valid & 6 == 6 && keys[1] == keys[2]) agree |= 6;
-
-        uint256[3] memory pays;
-        uint256 slashMask = (present & ~valid) | withheld;
-        uint256 payTotal;
-        bytes32 majorityOutput;
-        if (agree != 0) {
-            for (uint256 i; i < 3; ++i) {
-                if (agree & (1 << i) != 0) {
-                    pays[i] = uint256(counts[i]) * job.prices[i];
-                    payTotal += pays[i];
-                    majorityOutput = outputs[i];
-                } else if (present & (1 << i) != 0) {
-                    slashMask |= 1 << i;
-                }
+        _store(job, CLOSED);
+        ProviderRegistry.Close memory cl;
+        (cl.jobId, cl.consumer, cl.seats, cl.locks, cl.slashMask) = (jobId, job.consumer, job.seats, c.locks, c.slashed);
+        cl.held = _held(job) + bond;
+        uint256 paid;
+        for (uint256 i; i < SEATS; ++i) {
+            if (payMask & (1 << i) != 0) {
+                cl.pays[i] = uint256(c.counts[i]) * job.prices[i];
+                paid += cl.pays[i];
             }
         }
-        // Valid counts are <= maxTokens, so payTotal <= maxTokens * sum(prices) = escrow.
-        uint256 refund = uint256(job.maxTokens) * (uint256(job.prices[0]) + job.prices[1] + job.prices[2]) - payTotal;
-        registry.closeJob(jobId, job.consumer, job.maxTokens, job.providers, job.prices, pays, slashMask);
-        emit JobSettled(
-            jobId, agree != 0 ? Outcome.Majority : Outcome.NoMajority, majorityOutput, counts, pays, uint8(slashMask), refund
-        );
+        uint256 juryPaid;
+        if (share != 0) {
+            for (uint256 j; j < 3; ++j) {
+                if (d.revealed & (1 << j) != 0) {
+                    cl.jurors[j] = d.jurors[j];
+                    juryPaid += share;
+                }
+            }
+            cl.juryShare = share;
+        }
+        (cl.bondPayer, cl.bondRefund) = (d.disputer, bond - fromBond);
+        // Pays never exceed the escrow: each is at most maxTokens * priceCap; the jury's pay comes
+        // from the bond (fromBond) or the consumer's reserve (one maxTokens * priceCap).
+        cl.refund = cl.held - paid - juryPaid - cl.bondRefund;
+        registry.close(cl);
+        uint256[5] memory pays = cl.pays;
+        emit JobSettled(jobId, outcome, c.present, pays, c.slashed, cl.refund);
+        if (d.disputer != address(0)) emit JuryPaid(jobId, cl.jurors, share, cl.bondRefund);
+    }
+
+    function _presentSeatOf(Job calldata job, Contest calldata c, address who) private pure returns (uint256) {
+        for (uint256 i; i < SEATS; ++i) {
+            if (job.seats[i] == who && c.present & (1 << i) != 0) return i;
+        }
+        return SEATS;
+    }
+
+    function _jurorIndex(bytes32 jobId, Dispute storage d) private view returns (uint256) {
+        if (d.juryAt == 0) revert NoJury(jobId);
+        for (uint256 j; j < 3; ++j) {
+            if (d.jurors[j] == msg.sender) return j;
+        }
+        revert NotJuror();
     }
 }

@@ -7,23 +7,30 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
-/// @title ProviderRegistry — who serves which model, at what price, with how much at stake;
-///        and the one vault of the market's tokens.
-/// @notice Holds providers' stake, thawing stake and earnings, and consumers' escrow and credit.
-///         The market holds no tokens: a job's money moves by bookkeeping inside this contract,
-///         never by a transfer per payee. Only the bound market may lock stake and escrow for a
-///         job, release them, credit earnings and refunds, and slash. A provider's stake, locked
-///         stake, earnings and price share one storage slot (the token's supply cap of 2^64-1
-///         makes uint64 fields safe), so a job touches one slot per provider.
-///         Invariant: token.balanceOf(this) == sum(stake) + sum(thawing) + sum(owed)
-///                    + sum(credit) + sum(escrow of open jobs), and locked <= stake for every provider.
+/// @title ProviderRegistry — who serves which model in which pool, at what price, with how much at
+///        stake; the stake-weighted draw of a job's seats and of a dispute's jury; and the one vault
+///        of the market's tokens.
+/// @notice Holds providers' stake, thawing stake and earnings, and consumers' escrow, bonds and
+///         credit. The market holds no tokens: a job's money moves by bookkeeping here, and only the
+///         bound market may draw, lock, pay, refund and slash. A provider's stake, locked stake,
+///         earnings and price share one storage slot (the token's supply cap of 2^64-1 makes uint64
+///         fields safe), so a job touches one slot per provider.
+///
+///         Pools: a provider offers one model in one pool, keccak256(abi.encode(modelHash, group));
+///         group 0 is the open market, any other group a private mesh its providers chose to join.
+///         Nobody hand-picks a job's providers: the market draws them from a pool with randomness
+///         fixed after the job was requested, each provider weighted by min(free stake, weightCap).
+///         Stake is locked only when a job is contested: an agreed job never locks anything.
+///
+///         Invariant: token.balanceOf(this) == sum(stake) + sum(thawing) + sum(owed) + sum(credit)
+///                    + sum(held by open jobs: escrow and bonds), and locked <= stake for every provider.
 contract ProviderRegistry is ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
 
     struct Account {
         uint64 stake; // active stake, including the locked part
-        uint64 locked; // part of stake that backs open jobs: cannot be unstaked, can be slashed
+        uint64 locked; // part of stake that backs seats of contested jobs: cannot thaw, can be slashed
         uint64 owed; // earnings waiting for withdrawEarnings()
         uint64 price; // price per output token, in token base units; 0 = never registered
     }
@@ -31,6 +38,8 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     struct Listing {
         bytes32 modelHash; // sha256 of the GGUF file; 0 = not offering any model
         bytes32 manifestHash; // keccak256 of the canonical signed manifest
+        bytes32 group; // 0 = the open market
+        uint256 poolIndex; // 1-based position in its pool; 0 = in no pool
     }
 
     struct Thaw {
@@ -38,28 +47,82 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         uint64 readyAt;
     }
 
+    /// What a draw needs of a pool member, in ONE slot: a draw reads nothing else. Kept in step
+    /// with the account by every change of price, stake or locked stake (none on an agreed job).
+    struct Member {
+        address provider;
+        uint48 price; // its price per output token (register refuses prices above 2^48 - 1)
+        uint48 free; // stake - locked, capped at 2^48 - 1
+    }
+
+    /// Who a draw may pick. A seat draw (forSeat) skips providers above the price cap and those
+    /// whose stake could not back the seat's lock (see draw); a jury draw takes any listed provider.
+    /// When `amount` is nonzero the draw also takes it from `payer` (a job's escrow).
+    struct DrawSpec {
+        bytes32 pool;
+        bytes32 seed;
+        uint256 count;
+        uint256 priceCap;
+        uint256 maxTokens;
+        bool forSeat;
+        address payer;
+        uint256 amount;
+    }
+
+    /// What closing a contested job moves, computed by the market. The registry checks that it
+    /// takes out exactly what the job held: refund + bondRefund + sum(pays) + jury pay == held.
+    struct Close {
+        bytes32 jobId;
+        address consumer;
+        uint256 held; // escrow (and a dispute bond) this job holds in the vault
+        address[5] seats;
+        uint64[5] locks; // what each seat has locked for this job (taken when it was contested)
+        uint256[5] pays;
+        uint256 slashMask; // seats whose lock is burned
+        uint256 refund; // to the consumer's credit
+        address bondPayer;
+        uint256 bondRefund; // to the bond payer's credit
+        address[3] jurors;
+        uint256 juryShare; // to each nonzero juror's earnings
+    }
+
+    uint256 public constant MAX_ENDPOINT_BYTES = 256;
+    /// Candidates looked at per draw before giving up (each costs two storage reads).
+    uint256 public constant MAX_DRAW_ATTEMPTS = 64;
+
     IERC20 public immutable token;
-    address public immutable deployer;
     /// Seconds between requestUnstake and withdrawStake.
     uint64 public immutable thawPeriod;
-    /// Each job locks max(minJobLock, collateralRatio * maxTokens * price) of each provider's stake;
-    /// that lock is what a dissenting provider loses.
+    /// A seat of a contested job locks max(minJobLock, collateralRatio * maxTokens * price) of its
+    /// provider's stake: what the provider loses if a jury proves its result invalid.
     uint64 public immutable minJobLock;
     uint64 public immutable collateralRatio;
+    /// Draw weight = min(stake, weightCap): stake above it adds no weight (identities may split it).
+    uint64 public immutable weightCap;
+    /// One job may lock at most stake / maxLockShare of a provider: a bound on what one job can risk.
+    uint64 public immutable maxLockShare;
 
-    address public market;
+    /// The JobMarket, the only contract that may draw, pay, refund, lock and slash. Deployed right
+    /// after the registry, so its address is known in advance (contracts/deploy.py computes it from
+    /// the deployer's nonce) and an immutable spares a storage read on every job.
+    address public immutable market;
 
     mapping(address => Account) public accounts;
     mapping(address => Listing) public listings;
     mapping(address => Thaw) public thaws;
-    /// Consumers' prepaid or refunded tokens; openJob spends it before pulling with transferFrom.
+    /// Consumers' prepaid or refunded tokens; jobs and bonds spend it before pulling with transferFrom.
     mapping(address => uint256) public credit;
+    mapping(bytes32 => Member[]) internal _pools;
 
-    event MarketBound(address indexed market);
     /// `endpoint` is the provider's libp2p multiaddr ending in /p2p/<peer id>: where consumers
     /// fetch the manifest. It is only logged, never stored; the peer id proves the address.
     event ProviderRegistered(
-        address indexed provider, bytes32 indexed modelHash, bytes32 manifestHash, uint64 price, string endpoint
+        address indexed provider,
+        bytes32 indexed modelHash,
+        bytes32 indexed group,
+        bytes32 manifestHash,
+        uint64 price,
+        string endpoint
     );
     event ProviderDeregistered(address indexed provider);
     event Staked(address indexed provider, uint256 amount);
@@ -70,63 +133,72 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     event Deposited(address indexed consumer, uint256 amount);
     event CreditWithdrawn(address indexed consumer, uint256 amount);
 
-    error NotDeployer();
-    error MarketAlreadyBound();
     error OnlyMarket();
     error ZeroAmount();
     error ZeroHash();
     error ZeroPrice();
     error EndpointTooLong(uint256 length);
     error NotRegistered(address provider);
-    error WrongModel(address provider);
-    error PriceAboveCap(address provider, uint64 price, uint256 cap);
     error InsufficientFreeStake(address provider, uint256 free, uint256 needed);
+    error NotEnoughProviders(uint256 found, uint256 needed);
     error NothingThawing();
     error StillThawing(uint64 readyAt);
     error NothingOwed();
     error NothingToWithdraw();
-    error PayAboveEscrow(uint256 paid, uint256 escrow);
+    error HeldMismatch(uint256 out, uint256 held);
 
     modifier onlyMarket() {
         if (msg.sender != market) revert OnlyMarket();
         _;
     }
 
-    constructor(IERC20 token_, uint64 thawPeriod_, uint64 minJobLock_, uint64 collateralRatio_) {
+    constructor(
+        IERC20 token_,
+        address market_,
+        uint64 thawPeriod_,
+        uint64 minJobLock_,
+        uint64 collateralRatio_,
+        uint64 weightCap_,
+        uint64 maxLockShare_
+    ) {
+        require(weightCap_ > 0 && maxLockShare_ > 0, "weightCap and maxLockShare must be positive");
         token = token_;
-        deployer = msg.sender;
+        market = market_;
         thawPeriod = thawPeriod_;
         minJobLock = minJobLock_;
         collateralRatio = collateralRatio_;
-    }
-
-    /// The registry and the market reference each other; the deployer binds the market once.
-    function bindMarket(address market_) external {
-        if (msg.sender != deployer) revert NotDeployer();
-        if (market != address(0)) revert MarketAlreadyBound();
-        market = market_;
-        emit MarketBound(market_);
+        weightCap = weightCap_;
+        maxLockShare = maxLockShare_;
     }
 
     // ---------------------------------------------------------------- provider actions
 
-    uint256 public constant MAX_ENDPOINT_BYTES = 256;
-
-    /// Offer a model at a price, reachable at `endpoint`. Re-registering changes the offer for
-    /// future jobs only: open jobs keep the price they were opened with (the market commits it
-    /// in the job hash).
-    function register(bytes32 modelHash, bytes32 manifestHash, uint64 price, string calldata endpoint) external {
+    /// Offer a model at a price in a pool (group 0: the open market), reachable at `endpoint`.
+    /// Re-registering changes future draws only: open jobs keep the price they were drawn at.
+    function register(bytes32 modelHash, bytes32 manifestHash, uint64 price, bytes32 group, string calldata endpoint)
+        external
+    {
         if (modelHash == bytes32(0) || manifestHash == bytes32(0)) revert ZeroHash();
-        if (price == 0) revert ZeroPrice();
+        if (price == 0 || price > type(uint48).max) revert ZeroPrice();
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(bytes(endpoint).length);
+        Listing storage l = listings[msg.sender];
+        bytes32 pool = poolKey(modelHash, group);
+        if (l.poolIndex != 0 && poolKey(l.modelHash, l.group) != pool) _leavePool(msg.sender, l);
+        if (l.poolIndex == 0) {
+            _pools[pool].push(Member(msg.sender, 0, 0));
+            l.poolIndex = _pools[pool].length;
+        }
+        (l.modelHash, l.manifestHash, l.group) = (modelHash, manifestHash, group);
         accounts[msg.sender].price = price;
-        listings[msg.sender] = Listing(modelHash, manifestHash);
-        emit ProviderRegistered(msg.sender, modelHash, manifestHash, price, endpoint);
+        _sync(msg.sender);
+        emit ProviderRegistered(msg.sender, modelHash, group, manifestHash, price, endpoint);
     }
 
-    /// Stop being selectable for new jobs; open jobs are unaffected.
+    /// Stop being drawn for new jobs; seats already drawn are unaffected.
     function deregister() external {
-        if (listings[msg.sender].modelHash == bytes32(0)) revert NotRegistered(msg.sender);
+        Listing storage l = listings[msg.sender];
+        if (l.modelHash == bytes32(0)) revert NotRegistered(msg.sender);
+        _leavePool(msg.sender, l);
         delete listings[msg.sender];
         emit ProviderDeregistered(msg.sender);
     }
@@ -135,18 +207,20 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         if (amount == 0) revert ZeroAmount();
         Account storage a = accounts[msg.sender];
         a.stake = (uint256(a.stake) + amount).toUint64();
+        _sync(msg.sender);
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit Staked(msg.sender, amount);
     }
 
-    /// Move free stake (not locked by open jobs) into the thawing queue. Locked stake can never
-    /// thaw, so a provider cannot dodge the slash of a job it is serving by unstaking.
+    /// Move free stake into the thawing queue. Stake locked by a contested job never thaws, so
+    /// unstaking cannot dodge the slash a jury may decide.
     function requestUnstake(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
         Account storage a = accounts[msg.sender];
         uint256 free = a.stake - a.locked;
         if (amount > free) revert InsufficientFreeStake(msg.sender, free, amount);
         a.stake -= uint64(amount);
+        _sync(msg.sender);
         Thaw storage t = thaws[msg.sender];
         t.amount += uint64(amount);
         t.readyAt = (block.timestamp + thawPeriod).toUint64();
@@ -173,7 +247,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- consumer actions
 
-    /// Prepay: jobs then draw from credit (one warm slot) instead of a transferFrom per job.
+    /// Prepay: jobs and bonds then draw from credit (one warm slot) instead of a transferFrom each.
     function deposit(uint256 amount) external nonReentrant {
         if (amount == 0) revert ZeroAmount();
         credit[msg.sender] += amount;
@@ -181,7 +255,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         emit Deposited(msg.sender, amount);
     }
 
-    /// Pull back credit: refunds and unspent deposits.
+    /// Pull back credit: refunds, returned bonds and unspent deposits.
     function withdrawCredit() external nonReentrant {
         uint256 amount = credit[msg.sender];
         if (amount == 0) revert NothingToWithdraw();
@@ -191,6 +265,18 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     }
 
     // ---------------------------------------------------------------- views
+
+    function poolKey(bytes32 modelHash, bytes32 group) public pure returns (bytes32) {
+        return keccak256(abi.encode(modelHash, group));
+    }
+
+    function poolSize(bytes32 pool) external view returns (uint256) {
+        return _pools[pool].length;
+    }
+
+    function poolMember(bytes32 pool, uint256 index) external view returns (Member memory) {
+        return _pools[pool][index];
+    }
 
     function lockFor(uint256 maxTokens, uint256 price) public view returns (uint256) {
         uint256 lock = uint256(collateralRatio) * maxTokens * price;
@@ -204,105 +290,164 @@ contract ProviderRegistry is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- market only
 
-    /// Check that each provider offers `modelHash` at or under `priceCap` with enough free stake,
-    /// lock that stake, take the escrow maxTokens * sum(prices) from the consumer (credit first),
-    /// and return the prices the job is opened with.
-    function openJobFunds(
-        address consumer,
-        bytes32 modelHash,
-        uint256 priceCap,
-        uint256 maxTokens,
-        address[3] calldata providers
-    ) external onlyMarket nonReentrant returns (uint64[3] memory prices) {
-        for (uint256 i; i < 3; ++i) {
-            prices[i] = _lock(providers[i], modelHash, priceCap, maxTokens);
-        }
-        _collect(consumer, maxTokens * (uint256(prices[0]) + prices[1] + prices[2]));
+    /// Take `amount` from `payer` into the vault: its credit first, then transferFrom.
+    function collect(address payer, uint256 amount) external onlyMarket nonReentrant {
+        _collect(payer, amount);
     }
 
-    /// Replace one provider of an open job: unlock the old one, lock the new one, and move the
-    /// escrow by the price difference.
-    function swapProvider(
-        address consumer,
-        bytes32 modelHash,
-        uint256 priceCap,
-        uint256 maxTokens,
-        address oldProvider,
-        uint64 oldPrice,
-        address newProvider
-    ) external onlyMarket nonReentrant returns (uint64 newPrice) {
-        accounts[oldProvider].locked -= uint64(lockFor(maxTokens, oldPrice));
-        newPrice = _lock(newProvider, modelHash, priceCap, maxTokens);
-        uint256 oldShare = maxTokens * oldPrice;
-        uint256 newShare = maxTokens * newPrice;
-        if (newShare > oldShare) {
-            _collect(consumer, newShare - oldShare);
-        } else if (oldShare > newShare) {
-            credit[consumer] += oldShare - newShare;
+    function _collect(address payer, uint256 amount) private {
+        uint256 c = credit[payer];
+        if (c >= amount) {
+            credit[payer] = c - amount;
+            return;
+        }
+        if (c != 0) credit[payer] = 0;
+        token.safeTransferFrom(payer, address(this), amount - c);
+    }
+
+    /// Draw `spec.count` distinct providers from a pool, each candidate weighted by
+    /// min(free stake, weightCap) (rejection sampling over uniform picks: a member at index
+    /// r % size is accepted with probability weight / weightCap, from independent bits of r).
+    /// Skipped: anyone in `exclude`; for a seat, providers above the price cap and providers whose
+    /// seat lock would exceed free stake / maxLockShare.
+    /// Nothing is locked here: a seat's stake is locked only if its job is contested (lockSeats).
+    /// Returns whom it found (at most three; the first `found` entries), with their prices, after
+    /// looking at no more than MAX_DRAW_ATTEMPTS candidates.
+    function draw(DrawSpec calldata spec, address[] calldata exclude)
+        external
+        onlyMarket
+        nonReentrant
+        returns (address[3] memory picked, uint64[3] memory prices, uint256 found)
+    {
+        if (spec.amount != 0) _collect(spec.payer, spec.amount);
+        Member[] storage pool = _pools[spec.pool];
+        uint256 size = pool.length;
+        uint256 count = spec.count < 3 ? spec.count : 3;
+        uint256 cap = weightCap;
+        for (uint256 attempt; attempt < MAX_DRAW_ATTEMPTS && found < count && size != 0; ++attempt) {
+            uint256 r = uint256(keccak256(abi.encode(spec.seed, attempt)));
+            Member memory m = pool[r % size];
+            if ((r >> 128) % cap >= (m.free < cap ? m.free : cap)) continue;
+            if (!_eligible(m, spec, exclude, picked, found)) continue;
+            (picked[found], prices[found]) = (m.provider, m.price);
+            ++found;
         }
     }
 
-    /// Close a job: unlock each provider's job lock, credit `pays[i]` to its earnings, burn the
-    /// lock of each provider whose bit is set in `slashMask`, and credit the rest of the escrow
-    /// to the consumer. The market guarantees sum(pays) <= escrow.
-    function closeJob(
-        bytes32 jobId,
-        address consumer,
-        uint256 maxTokens,
-        address[3] calldata providers,
-        uint64[3] calldata prices,
-        uint256[3] calldata pays,
-        uint256 slashMask
-    ) external onlyMarket nonReentrant {
-        uint256 escrow = maxTokens * (uint256(prices[0]) + prices[1] + prices[2]);
-        uint256 paid;
+    /// A job was contested: lock, for each seat in `mask`, up to its full lock from its free stake
+    /// (a provider in many contested jobs at once may come up short). Returns what was locked.
+    function lockSeats(address[5] calldata seats, uint64[5] calldata prices, uint256 maxTokens, uint256 mask)
+        external
+        onlyMarket
+        returns (uint64[5] memory locks)
+    {
+        for (uint256 i; i < 5; ++i) {
+            if (mask & (1 << i) == 0) continue;
+            Account storage a = accounts[seats[i]];
+            uint256 want = lockFor(maxTokens, prices[i]);
+            uint256 free = a.stake - a.locked;
+            locks[i] = uint64(want < free ? want : free);
+            a.locked += locks[i];
+            _sync(seats[i]);
+        }
+    }
+
+    /// Close an agreed job (the fast path: no locks, no slash): credit each seat's pay to its
+    /// earnings and the rest of the escrow to the consumer.
+    function payOut(address consumer, uint256 held, address[5] calldata seats, uint256[5] calldata pays)
+        external
+        onlyMarket
+        nonReentrant
+    {
+        uint256 out;
+        for (uint256 i; i < 5; ++i) {
+            if (pays[i] == 0) continue;
+            Account storage a = accounts[seats[i]];
+            a.owed = (uint256(a.owed) + pays[i]).toUint64();
+            out += pays[i];
+        }
+        if (out > held) revert HeldMismatch(out, held);
+        if (held > out) credit[consumer] += held - out;
+    }
+
+    /// Close a job on the slow path: release each seat's lock, credit pays to earnings, burn the
+    /// locks of slashed seats, pay the jury, and return the rest to the consumer and the bond
+    /// payer. Slashed stake goes to nobody, so nobody gains by provoking or fabricating a slash.
+    function close(Close calldata c) external onlyMarket nonReentrant {
+        uint256 out = c.refund + c.bondRefund;
         uint256 burnTotal;
-        for (uint256 i; i < 3; ++i) {
-            Account memory a = accounts[providers[i]];
-            uint64 lock = uint64(lockFor(maxTokens, prices[i]));
-            a.locked -= lock;
-            if (pays[i] != 0) {
-                a.owed = (uint256(a.owed) + pays[i]).toUint64();
-                paid += pays[i];
+        for (uint256 i; i < 5; ++i) {
+            address p = c.seats[i];
+            if (p == address(0)) continue;
+            Account memory a = accounts[p];
+            a.locked -= c.locks[i];
+            if (c.pays[i] != 0) {
+                a.owed = (uint256(a.owed) + c.pays[i]).toUint64();
+                out += c.pays[i];
             }
-            if (slashMask & (1 << i) != 0) {
-                a.stake -= lock; // locked <= stake always holds, so this never underflows
-                burnTotal += lock;
-                emit Slashed(providers[i], jobId, lock);
+            if (c.slashMask & (1 << i) != 0 && c.locks[i] != 0) {
+                // The lock was reserved from free stake when the job was contested, so it is there
+                // whatever the provider did since: locked <= stake always holds.
+                a.stake -= c.locks[i];
+                burnTotal += c.locks[i];
+                emit Slashed(p, c.jobId, c.locks[i]);
             }
-            accounts[providers[i]] = a; // one slot write per provider
+            accounts[p] = a; // one slot write per seat
+            _sync(p);
         }
-        if (paid > escrow) revert PayAboveEscrow(paid, escrow);
-        if (escrow > paid) credit[consumer] += escrow - paid;
-        // Slashed stake is burned: never handed to the consumer or the majority, so neither
-        // gains by provoking or fabricating a dissent.
+        if (c.juryShare != 0) {
+            for (uint256 j; j < 3; ++j) {
+                if (c.jurors[j] == address(0)) continue;
+                Account storage ja = accounts[c.jurors[j]];
+                ja.owed = (uint256(ja.owed) + c.juryShare).toUint64();
+                out += c.juryShare;
+            }
+        }
+        if (out != c.held) revert HeldMismatch(out, c.held);
+        if (c.refund != 0) credit[c.consumer] += c.refund;
+        if (c.bondRefund != 0) credit[c.bondPayer] += c.bondRefund;
         if (burnTotal != 0) ERC20Burnable(address(token)).burn(burnTotal);
     }
 
-    /// Take `amount` from the consumer into escrow: its credit first, then transferFrom.
-    function _collect(address consumer, uint256 amount) private {
-        uint256 c = credit[consumer];
-        if (c >= amount) {
-            credit[consumer] = c - amount;
-            return;
-        }
-        if (c != 0) credit[consumer] = 0;
-        token.safeTransferFrom(consumer, address(this), amount - c);
+    // ---------------------------------------------------------------- internals
+
+    function _leavePool(address p, Listing storage l) private {
+        Member[] storage pool = _pools[poolKey(l.modelHash, l.group)];
+        uint256 idx = l.poolIndex;
+        Member memory last = pool[pool.length - 1];
+        pool[idx - 1] = last;
+        listings[last.provider].poolIndex = idx;
+        pool.pop();
+        l.poolIndex = 0;
     }
 
-    function _lock(address provider, bytes32 modelHash, uint256 priceCap, uint256 maxTokens)
-        private
-        returns (uint64 price)
-    {
-        Account storage a = accounts[provider];
-        price = a.price;
-        bytes32 offered = listings[provider].modelHash;
-        if (offered == bytes32(0)) revert NotRegistered(provider);
-        if (offered != modelHash) revert WrongModel(provider);
-        if (price > priceCap) revert PriceAboveCap(provider, price, priceCap);
-        uint256 lock = lockFor(maxTokens, price);
+    /// Not excluded, not picked yet, and for a seat: within the price cap, and the seat's lock is
+    /// at most free stake / maxLockShare (so it could be backed, and one job risks a bounded part).
+    function _eligible(
+        Member memory m,
+        DrawSpec calldata spec,
+        address[] calldata exclude,
+        address[3] memory picked,
+        uint256 found
+    ) private view returns (bool) {
+        for (uint256 i; i < exclude.length; ++i) {
+            if (exclude[i] == m.provider) return false;
+        }
+        for (uint256 i; i < found; ++i) {
+            if (picked[i] == m.provider) return false;
+        }
+        if (!spec.forSeat) return true;
+        if (m.price > spec.priceCap) return false;
+        return lockFor(spec.maxTokens, m.price) * maxLockShare <= m.free;
+    }
+
+    /// Copy the account's price and free stake into its pool entry (a draw reads only that).
+    function _sync(address p) private {
+        Listing storage l = listings[p];
+        if (l.poolIndex == 0) return;
+        Account memory a = accounts[p];
         uint256 free = a.stake - a.locked;
-        if (lock > free) revert InsufficientFreeStake(provider, free, lock);
-        a.locked += uint64(lock);
+        _pools[poolKey(l.modelHash, l.group)][l.poolIndex - 1] =
+            Member(p, uint48(a.price), uint48(free < type(uint48).max ? free : type(uint48).max));
     }
 }
