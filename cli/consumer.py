@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 from eth_utils import to_checksum_address
 
 from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, QueryError
+from mesh.market import MAX_PRICE
+from mesh.protocol import MAX_SEED, MAX_STOP_BYTES, MAX_STOPS, MAX_TOKENS
 from mesh.types import format_amount
 
 
@@ -30,49 +31,47 @@ def _model_hash(model: str) -> bytes:
 @click.command()
 @click.argument("prompt")
 @click.option("--model", default="default", show_default=True, help="Model: 0x sha256 of the GGUF file, a GGUF path, or 'default'.")
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)
-@click.option("--max-price", type=click.IntRange(1, 2**64 - 1), default=100, show_default=True,
-              help="Most you pay per output token per provider, in base units.")
+@click.option("--max-tokens", type=click.IntRange(1, MAX_TOKENS), default=128, show_default=True)
+@click.option("--max-price", type=click.IntRange(1, MAX_PRICE), default=100, show_default=True,
+              help="Most you pay per output token per seat, in base units.")
 @click.option("--system", default=None, help="A system message before the prompt.")
-@click.option("--allow", multiple=True, metavar="PEER",
-              help="Only these providers (address or peer id): repeat the flag or separate with commas. A private mesh.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 2), default=0, show_default=True)
+@click.option("--group", default=None, metavar="NAME",
+              help="Ask a private mesh (the providers that joined group NAME) instead of the open market.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0.001, 1), default=1.0, show_default=True)
+@click.option("--stop", multiple=True, metavar="TEXT", help=f"End the answer before TEXT (up to {MAX_STOPS}).")
+@click.option("--dispute/--no-dispute", default=False, show_default=True,
+              help="If the seats disagree, ask a jury to judge them (costs a jury fee; see docs/PROTOCOL.md).")
 @click.option("--yes", is_flag=True, help="Approve the token allowance without asking, if one is needed.")
 @account_option
 @rpc_option
 @json_option
-def ask(prompt, model, max_tokens, max_price, system, allow, seed, temperature, yes, account_name, rpc, as_json) -> None:
-    """Ask the mesh: three providers answer, the contract pays those who agree."""
-    from consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
+def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, top_p, stop, dispute, yes,
+        account_name, rpc, as_json) -> None:
+    """Ask the mesh: three providers drawn by the protocol answer; agreeing work is paid."""
+    from consumer.ask import AskOptions, Asker, discover, settle_pending
+    from consumer.selection import Selector
+    from mesh.market import group_id
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="PROMPT")
+    if len(stop) > MAX_STOPS or any(not t or len(t.encode()) > MAX_STOP_BYTES for t in stop):
+        raise click.BadParameter(f"give at most {MAX_STOPS} non-empty stop strings of at most {MAX_STOP_BYTES} bytes",
+                                 param_hint="--stop")
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     say = (lambda m: click.echo(m, err=True)) if not as_json else (lambda m: None)
-    settle_pending(chain, acct, on_event=say)  # recover what an earlier run left open
+    settle_pending(chain, acct, on_event=say)  # move on what an earlier run left open
     model_hash = _model_hash(model)
-    allow = [a for item in allow for a in item.split(",") if a.strip()]
-    offers = eligible(chain, discover(chain, model_hash), acct.address, max_tokens, max_price, allow)
-    need = 3 * max_tokens * max_price
-    from consumer.selection import Selector
-
+    opts = AskOptions(max_tokens=max_tokens, max_price=max_price, temperature_milli=round(temperature * 1000),
+                      top_p_milli=round(top_p * 1000), seed=seed, stop=tuple(stop), group=group_id(group),
+                      dispute=dispute)
+    offers = discover(chain, model_hash, opts.group)
     selector = Selector.open(chain, on_warning=say)
-    asker = Asker(chain, acct, rank=selector.rank, observe=selector.observe, on_event=say)
-    missing_balance, missing_allowance = asker.check_funds(need)
-    if missing_balance:
-        raise ConfigError(f"escrow for this query may need {format_amount(need)}; you are {format_amount(missing_balance)} short",
-                          "get MESH (`mesh token faucet` on the local chain) or lower --max-tokens/--max-price")
-    if missing_allowance:
-        if not yes and not (sys.stdin.isatty() and click.confirm(
-                f"The registry (the market's vault) needs your approval to take up to {format_amount(need)} for escrow. Approve?",
-                err=True)):
-            raise ConfigError("the registry may not take your tokens for escrow",
-                              f"approve it: `mesh token approve {need}u`, or pass --yes")
-        chain.transact(acct, chain.token.functions.approve(chain.registry.address, need))
+    asker = Asker(chain, acct, observe=selector.observe, on_event=say)
+    _approve_escrow(chain, acct, asker, opts, yes)
     messages = ([("system", system)] if system else []) + [("user", prompt)]
-    opts = AskOptions(max_tokens=max_tokens, max_price=max_price, temperature_milli=round(temperature * 1000), seed=seed)
 
     def stream(text: str) -> None:
         if not as_json:
@@ -82,34 +81,58 @@ def ask(prompt, model, max_tokens, max_price, system, allow, seed, temperature, 
     try:
         receipt = asker.ask(messages, model_hash, offers, opts, on_token=stream)
         if selector.synced:
-            selector.sync()  # record this job's outcome for the next selection
+            selector.sync()  # record this job's outcome for the next query
     finally:
         selector.close()
     if as_json:
-        click.echo(json.dumps(receipt.as_dict(), indent=2))
+        echo_json(receipt.as_dict())
     else:
         click.echo()
-        if receipt.streamed != receipt.text and receipt.agreement in ("3/3", "2/3"):
-            click.secho("\n[the streamed answer was not the verified one; the answer the majority signed:]", bold=True)
+        if receipt.streamed != receipt.text and receipt.text:
+            click.secho("\n[the streamed answer is not the one the results support; that one is:]", bold=True)
             click.echo(receipt.text)
         print_receipt(receipt)
-    if receipt.agreement == "none":
-        raise ConfigError("the three providers all disagreed: nobody was paid and your escrow was refunded",
-                          "ask again (other providers are chosen as reputations change), or use --allow with peers you trust")
+    if receipt.outcome == "refunded":
+        raise QueryError("no seat returned a valid result: nobody was paid and your escrow was refunded",
+                         "ask again: other seats are drawn")
+
+
+def _approve_escrow(chain, acct, asker, opts, yes: bool) -> None:
+    """Check the wallet (after credit) covers the escrow: three seats and a jury reserve of at most
+    max_tokens x max_price each. Approve the registry for that plus what the job may add (two seats
+    if some fail, a dispute's bond), asking first unless --yes."""
+    share = opts.max_tokens * opts.max_price
+    escrow, most = share * 4, share * (opts.max_seats + 1 + (1 if opts.dispute else 0))
+    short = asker.check_funds(escrow)[0]
+    if short:
+        raise ConfigError(f"this query escrows {format_amount(escrow)} (three seats and a jury reserve of "
+                          f"{opts.max_tokens} tokens x {opts.max_price} base units each); you are "
+                          f"{format_amount(short)} short",
+                          "get MESH (`mesh token faucet` on the local chain) or lower --max-tokens/--max-price")
+    if not asker.check_funds(most)[1]:
+        return
+    if not yes and not (sys.stdin.isatty() and click.confirm(
+            f"The registry (the market's vault) needs your approval to take up to {format_amount(most)}: the "
+            f"escrow {format_amount(escrow)}, more only if failing seats are replaced"
+            f"{' or you dispute' if opts.dispute else ''}; whatever is not earned is refunded to your credit. Approve?",
+            err=True)):
+        raise ConfigError("the registry may not take your tokens for escrow",
+                          f"approve it: `mesh token approve {most}u`, or pass --yes")
+    chain.transact(acct, chain.token.functions.approve(chain.registry.address, most))
 
 
 def print_receipt(r) -> None:
-    click.secho(f"\njob 0x{r.job_id.hex()}  agreement {r.agreement}", bold=True)
+    fp = f"  build {r.system_fingerprint}" if r.system_fingerprint else ""
+    click.secho(f"\njob 0x{r.job_id.hex()}  {r.outcome}  agreement {r.agreement}{fp}", bold=True)
     rows = []
     for s in r.slots:
         ft = "-" if s.first_token_ms != s.first_token_ms else f"{s.first_token_ms:.0f}"
-        note = s.status + (f" (replaced {', '.join(a[:10] + '…' for a in s.replaced)})" if s.replaced else "")
         rows.append([str(s.index), s.provider, str(s.price), str(s.tokens), format_amount(s.paid),
-                     format_amount(s.slashed) if s.slashed else "-", ft, note])
-    click.echo(table(rows, ["#", "provider", "price", "tokens", "paid", "slashed", "1st tok ms", "status"]))
+                     format_amount(s.slashed) if s.slashed else "-", r.builds.get(s.provider) or "?", ft, s.status])
+    click.echo(table(rows, ["#", "provider", "price", "tokens", "paid", "slashed", "build", "1st tok ms", "status"]))
     gas = sum(r.gas.values())
     click.echo(f"escrow {format_amount(r.escrow)}  paid {format_amount(r.paid)}  refund {format_amount(r.refund)}"
-               + ("" if r.settled else "  (settlement pending)"))
+               + ("" if r.settled else "  (not closed yet: `mesh settle` moves it on)"))
     click.echo(f"gas {gas:,} ({', '.join(f'{k} {v:,}' for k, v in r.gas.items())})")
     click.echo("time " + ", ".join(f"{k} {v:,.0f} ms" for k, v in r.timings_ms.items()))
 
@@ -120,6 +143,7 @@ def print_receipt(r) -> None:
 def models(rpc, as_json) -> None:
     """The models on the market, with their providers, prices and reputation."""
     from consumer.ask import discover
+    from mesh.market import ZERO32
 
     chain = open_chain(rpc)
     by_model = dict.fromkeys(bytes(args["modelHash"]) for args in chain.registrations())
@@ -132,6 +156,7 @@ def models(rpc, as_json) -> None:
     for mh in by_model:
         for o in discover(chain, mh):
             out.append({"model_hash": "0x" + mh.hex(), "provider": o.address, "price": o.price,
+                        "group": None if o.group == ZERO32 else "0x" + o.group.hex(),
                         "free_stake": o.free_stake, "endpoint": o.endpoint,
                         "reputation": scores.get(o.address)})
     if as_json:
@@ -140,9 +165,10 @@ def models(rpc, as_json) -> None:
     if not out:
         click.echo("no providers are registered yet: `mesh provider register` starts one")
         return
-    rows = [[o["model_hash"][:18] + "…", o["provider"], str(o["price"]), format_amount(o["free_stake"]),
+    rows = [[o["model_hash"][:18] + "…", "open" if o["group"] is None else o["group"][:12] + "…", o["provider"],
+             str(o["price"]), format_amount(o["free_stake"]),
              "-" if o["reputation"] is None else f"{o['reputation']:.2f}"] for o in out]
-    click.echo(table(rows, ["model", "provider", "price/token", "free stake", "reputation"]))
+    click.echo(table(rows, ["model", "pool", "provider", "price/token", "free stake", "reputation"]))
 
 
 @click.command()
@@ -150,15 +176,15 @@ def models(rpc, as_json) -> None:
 @rpc_option
 @json_option
 def settle(account_name, rpc, as_json) -> None:
-    """Settle or finalize your unsettled jobs whose deadline has come (after a crash or a failure)."""
+    """Move on your jobs that did not close at once (a seat missing, a contest, a dispute, a crash)."""
     from consumer.ask import settle_pending
     from consumer.journal import Journal
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     done = settle_pending(chain, acct, on_event=(lambda m: None) if as_json else click.echo)
-    left = [p for p in Journal().pending() if p.job.consumer == to_checksum_address(acct.address)]
+    left = [p for p in Journal().pending() if p.job is not None and p.job.consumer == to_checksum_address(acct.address)]
     if as_json:
-        echo_json({"settled": done, "pending": ["0x" + p.job_id.hex() for p in left]})
+        echo_json({"jobs": done, "pending": ["0x" + p.job_id.hex() for p in left]})
     elif not done:
-        click.echo(f"nothing to settle now; {len(left)} job(s) pending" if left else "nothing pending")
+        click.echo("nothing pending")

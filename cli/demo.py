@@ -1,9 +1,14 @@
-"""`mesh demo`: the whole market on the embedded defaults, start to finish, in under two minutes.
+"""`mesh demo`: the whole market on the embedded defaults, start to finish, in a few minutes.
 
-A private Anvil chain; the contracts deployed; four providers started as separate processes
-(`mesh provider start`), the cheapest of them a cheater that alters its output; a consumer asks
-a few questions with visible streaming; receipts show the cheater outvoted and slashed; a final
-table shows balances and stakes. Everything is shut down on exit, also on Ctrl-C.
+A private Anvil chain; the contracts deployed; five providers started as separate processes
+(`mesh provider register` + `mesh provider start`), one of them a cheater that signs altered
+answers; a consumer asks questions with visible streaming. Each job's three seats are drawn by the
+contract, weighted by stake: nobody picks them. When the cheater is drawn, the seats disagree, the
+consumer disputes, the two providers not seated are drawn as the jury, score every seat's tokens
+under the model and vote; the demo moves the local chain's clock through the court's phases. The
+cheater is slashed; the honest seats are paid. The demo asks until the cheater has been drawn at
+least once (bounded). A final table shows balances and stakes. Everything is shut down on exit,
+also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,71 +26,46 @@ from mesh.keys import dev_account
 from mesh.types import format_amount
 
 MESH = 10**6
-#: dev account -> price per output token; the cheater is the cheapest, so it is picked first.
-PROVIDERS = {1: 8, 2: 10, 3: 10, 4: 12}
+#: dev account -> price per output token. Seats are drawn by stake (100 MESH each), not by price.
+PROVIDERS = {1: 10, 2: 10, 3: 10, 4: 10, 5: 10}
 CHEATER = 1
-CONSUMER = 5
+CONSUMER = 6
 QUESTIONS = (
     "What is the capital of France? Answer in one sentence.",
     "Name three primary colours.",
     "Why is the sky blue? One sentence.",
 )
+#: Asked after the questions while the cheater has not been drawn yet (it is drawn with
+#: probability 3/5 per job: ten jobs miss it with probability 0.4^10, about 1e-4).
+MORE_QUESTIONS = ("Name a planet.", "What is 2 + 3?", "Name a fruit.", "Say hello.", "Name an ocean.",
+                  "What colour is grass?", "Name a month.")
+#: Seconds between the providers' checks of their claims and jury duties (the demo's clock jumps).
+KEEPER_POLL = "0.5"
 
 
 @click.command()
-@click.option("--max-tokens", type=click.IntRange(8, 512), default=48, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(8, 512), default=32, show_default=True)
 @click.option("--question", "questions", multiple=True, help="Ask these instead of the built-in questions.")
 def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
-    """Run a private mesh: chain, contracts, four providers (one cheating), verified paid queries."""
-    from consumer.ask import AskOptions, Asker, discover, eligible
-    from consumer.journal import Journal
-    from cli.consumer import print_receipt
-    from consumer.selection import Selector
+    """Run a private market: chain, contracts, five providers (one cheating), verified paid queries."""
     from cli.devnet import start_meshnet
 
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
     net = None
     try:
-        click.secho("== starting a private chain, the contracts, and four providers (separate processes)", bold=True)
-        net = start_meshnet(root, PROVIDERS, cheaters=(CHEATER,))
+        click.secho("== starting a private chain, the contracts, and five providers (separate processes)", bold=True)
+        net = start_meshnet(root, PROVIDERS, cheaters=(CHEATER,), extra=("--claim-poll", KEEPER_POLL),
+                            on_line=_court_lines)
         d = net.deployment
         click.echo(f"chain {net.url} (id {d.chain_id}); token {d.token}; registry {d.registry}; market {d.market}")
         for i, price in PROVIDERS.items():
             p = net.providers[i]
-            note = "  <- cheater: alters its answers" if i == CHEATER else ""
+            note = "  <- cheater: signs altered answers" if i == CHEATER else ""
             click.echo(f"provider dev:{i} {p.address} price {price}/token, stake 100 MESH, {p.addrs[0]}{note}")
         click.echo(f"ready in {time.monotonic() - t0:.1f} s")
-
-        consumer = dev_account(CONSUMER)
-        net.fund(CONSUMER)
-        net.mc.deposit(consumer, 10 * MESH)  # prepaid credit: each query then needs no token transfer
-        journal = Journal(root / "consumer-jobs")
-        selector = Selector.open(net.chain, url=f"sqlite:///{root / 'consumer-ledger.sqlite'}")
-        for k, q in enumerate(questions or QUESTIONS, 1):
-            click.secho(f"\n== query {k}: {q}", bold=True)
-            offers = eligible(net.chain, discover(net.chain, net.model_hash), consumer.address, max_tokens, 20)
-            asker = Asker(net.chain, consumer, journal=journal, rank=selector.rank, observe=selector.observe,
-                          on_event=lambda m: click.echo(f"   {m}"))
-            receipt = asker.ask([("user", q)], net.model_hash, offers, AskOptions(max_tokens=max_tokens, max_price=20),
-                                on_token=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
-            click.echo()
-            if receipt.streamed != receipt.text:
-                click.secho("[the streamed answer was outvoted; the verified answer:]", bold=True)
-                click.echo(receipt.text)
-            print_receipt(receipt)
-            selector.sync()  # the outcome (and any slash) now weighs on the next selection
-        selector.close()
-
-        click.secho("\n== final balances (base units are exact; MESH has 6 decimals)", bold=True)
-        rows = []
-        for i in list(PROVIDERS) + [CONSUMER]:
-            a = dev_account(i).address
-            acct = net.mc.account(a)
-            role = "consumer" if i == CONSUMER else ("provider (cheater)" if i == CHEATER else "provider")
-            rows.append([f"dev:{i}", role, format_amount(net.chain.balance(a)), format_amount(acct["stake"]),
-                         format_amount(acct["owed"]), format_amount(net.mc.credit(a))])
-        click.echo(table(rows, ["account", "role", "wallet", "stake", "earned (to withdraw)", "credit"]))
+        _ask_all(net, root, max_tokens, list(questions or QUESTIONS))
+        _final_table(net)
         click.secho(f"\ndone in {time.monotonic() - t0:.1f} s", bold=True)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: shutting everything down", err=True)
@@ -94,3 +74,74 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
         if net is not None:
             net.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _court_lines(index: int, line: str) -> None:
+    """Show what the providers' keepers do in a court (the rest of their output stays quiet)."""
+    if line.startswith("jury ") or "disputed" in line or "evidence" in line:
+        click.echo(f"   [dev:{index}] {line}")
+
+
+def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
+    from cli.consumer import print_receipt
+    from consumer.ask import AskOptions, Asker, discover
+    from consumer.journal import Journal
+    from consumer.selection import Selector
+
+    consumer = dev_account(CONSUMER)
+    net.fund(CONSUMER)
+    net.mc.deposit(consumer, 10 * MESH)  # prepaid credit: each query then needs no token transfer
+    journal = Journal(root / "consumer-jobs")
+    selector = Selector.open(net.chain, url=f"sqlite:///{root / 'consumer-ledger.sqlite'}")
+    cheater = dev_account(CHEATER).address
+    extra, drawn = list(MORE_QUESTIONS), False
+    k = 0
+    while questions or (not drawn and extra):
+        q = questions.pop(0) if questions else extra.pop(0)
+        k += 1
+        click.secho(f"\n== query {k}: {q}" + ("" if k <= 3 or drawn else "  (the cheater has not been drawn yet)"),
+                    bold=True)
+        asker = Asker(net.chain, consumer, journal=journal, observe=selector.observe,
+                      on_event=lambda m: click.echo(f"   {m}"))
+        receipt = asker.ask([("user", q)], net.model_hash, discover(net.chain, net.model_hash),
+                            AskOptions(max_tokens=max_tokens, max_price=20, dispute=True),
+                            on_token=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
+        click.echo()
+        if receipt.streamed != receipt.text:
+            click.secho("[the streamed answer is not the one the majority signed; that one is:]", bold=True)
+            click.echo(receipt.text)
+        print_receipt(receipt)
+        drawn = drawn or any(s.provider == cheater for s in receipt.slots)
+        if receipt.outcome == "contested":
+            click.secho("-- the court: a jury drawn from the pool judges every seat", bold=True)
+            st = net.fast_forward_court(receipt.job_id, consumer, journal, say=lambda m: click.echo(f"   {m}"))
+            _verdict(net, receipt, st)
+        selector.sync()  # the outcome (and any slash) is now in the consumer's ledger
+    selector.close()
+
+
+def _verdict(net, receipt, st) -> None:
+    from mesh.market import OUTCOMES
+
+    ev = st.settled
+    rows = []
+    for s in receipt.slots:
+        slashed = st.contest.locks[s.index] if ev["slashMask"] >> s.index & 1 else 0
+        role = "cheater" if s.provider == dev_account(CHEATER).address else "honest"
+        rows.append([str(s.index), s.provider, role, format_amount(int(ev["paid"][s.index])),
+                     format_amount(slashed) if slashed else "-"])
+    click.secho(f"job 0x{receipt.job_id.hex()} closed: {OUTCOMES[ev['outcome']]}", bold=True)
+    click.echo(table(rows, ["#", "provider", "role", "paid", "slashed (burned)"]))
+    click.echo(f"refund to the consumer's credit {format_amount(int(ev['refund']))}")
+
+
+def _final_table(net) -> None:
+    click.secho("\n== final balances (base units are exact; MESH has 6 decimals)", bold=True)
+    rows = []
+    for i in list(PROVIDERS) + [CONSUMER]:
+        a = dev_account(i).address
+        acct = net.mc.account(a)
+        role = "consumer" if i == CONSUMER else ("provider (cheater)" if i == CHEATER else "provider")
+        rows.append([f"dev:{i}", role, format_amount(net.chain.balance(a)), format_amount(acct["stake"]),
+                     format_amount(acct["owed"]), format_amount(net.mc.credit(a))])
+    click.echo(table(rows, ["account", "role", "wallet", "stake", "earned (to withdraw)", "credit"]))

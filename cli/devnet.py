@@ -72,7 +72,8 @@ class MeshNet:
     def fund(self, index: int, amount: int = 10_000 * MESH) -> None:
         self.chain.transact(dev_account(0), self.chain.token.functions.mint(dev_account(index).address, amount))
 
-    def register(self, index: int, price: int = 10, stake: int = 100 * MESH, fund: bool = True) -> ProviderProc:
+    def register(self, index: int, price: int = 10, stake: int = 100 * MESH, fund: bool = True,
+                 *extra: str) -> ProviderProc:
         home = self.root / f"provider-{index}"
         home.mkdir(parents=True, exist_ok=True)
         self.deployment.save(home / "deployment.json")
@@ -80,7 +81,7 @@ class MeshNet:
             self.fund(index)
         p = ProviderProc(index, home, free_port())
         cmd = [sys.executable, "-m", "cli", "provider", "register", "--model", "default", "--price", str(price),
-               "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}"]
+               "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}", *extra]
         out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"provider register failed: {out.stdout}{out.stderr}")
@@ -145,10 +146,65 @@ class MeshNet:
         self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
         self.chain.w3.provider.make_request("evm_mine", [])
 
+    def fast_forward_court(self, job_id: bytes, consumer, journal, say: Callable[[str], None] = print,
+                           timeout: float = 120.0):
+        """Run a contested job to its end on the local chain: move the clock through each phase
+        (dispute window, evidence, votes) and let the providers' own keepers act in it: seats
+        publish their evidence, drawn jurors score and vote. Returns the final JobState."""
+        from consumer.settlement import settle_pending
+        from mesh.market import job_state
+
+        p, deadline = self.deployment.params, time.monotonic() + timeout
+
+        def state():
+            return job_state(self.chain, job_id)
+
+        def wait_until(what: str, done: Callable[[], bool]) -> None:
+            while not done():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the providers did not {what} in time")
+                time.sleep(0.2)
+
+        def settle() -> None:
+            settle_pending(self.chain, consumer, journal, on_event=say)
+
+        st = state()
+        while not st.closed:
+            if st.disputer is None:
+                say(f"nobody disputed: the clock moves past the dispute window ({p.dispute_window} s)")
+                self.advance(p.dispute_window)
+                settle()
+            elif st.jury_at is None and not st.void:
+                self.advance(1)
+                settle()  # the jury is drawn from the block after the dispute
+            elif st.void:
+                settle()
+            else:
+                jurors = len(st.jurors)
+                try:  # a seat that never shows what it signed is slashed for it: waiting is a courtesy
+                    wait_until("publish their evidence",
+                               lambda: set(state().evidence) >= set(st.contest.seats(st.contest.present)))
+                except RuntimeError as exc:
+                    say(str(exc))
+                say(f"the clock moves to the jury's vote ({jurors} juror(s))")
+                self.advance(p.court_phase)
+                wait_until("commit their votes", lambda: sum(
+                    1 for c in self.mc.dispute_of(job_id)["commits"] if int.from_bytes(c, "big")) == jurors)
+                self.advance(p.court_phase)
+                wait_until("reveal their votes", lambda: bin(self.mc.dispute_of(job_id)["revealed"]).count("1") == jurors)
+                say("votes revealed; the clock moves past the court's end")
+                self.advance(p.court_phase)
+                settle()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the contested job did not close in time")
+            st = state()
+        return st
+
 
 def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
-                  on_line: Callable[[int, str], None] | None = None) -> MeshNet:
-    """Register and start providers dev:N with the given prices, in parallel where it helps."""
+                  on_line: Callable[[int, str], None] | None = None, register: tuple[str, ...] = ()) -> MeshNet:
+    """Register (with `register` options) and start (with `extra` options) providers dev:N at the
+    given prices, in parallel where it helps."""
     net = MeshNet(root)
     try:
         from provider.engine import default_model_path
@@ -157,7 +213,7 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
-        _parallel([lambda i=i, p=p: net.register(i, p, fund=False) for i, p in prices.items()])
+        _parallel([lambda i=i, p=p: net.register(i, p, 100 * MESH, False, *register) for i, p in prices.items()])
         _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:
@@ -182,33 +238,34 @@ def temp_root() -> Path:
 # ------------------------------------------------------------------------------ the demo's cheater
 
 class CheatingEngine:
-    """Demo and tests only: the real engine's answer, altered (upper case, then a mark of this
-    provider's own so that two cheaters also disagree with each other), and signed as if honest."""
+    """Demo and tests only: a provider that saves work. It runs the real model, then signs an
+    altered answer (upper case, plus a mark of this provider's own so that two cheaters also
+    disagree with each other) with tokens that really spell it: everything it signs is consistent,
+    so only a jury scoring the tokens under the model can tell it from an honest answer."""
 
     def __init__(self, inner, provider: str) -> None:
         self.inner = inner
         self.mark = f" [{provider[2:8]}]"
 
     def __getattr__(self, name: str):
-        return getattr(self.inner, name)  # model_path, n_ctx, slot, count_prompt_tokens, close
+        return getattr(self.inner, name)  # model_path, n_ctx, slot, build, count_prompt_tokens, close
 
     def generate(self, request, cancel=None):
         from provider.engine import Generation
 
         honest = self.inner.generate(request, cancel)
-        return Generation(self._alter(honest), honest.prompt_tokens)
+        return Generation(self._alter(honest, request), honest.prompt_tokens)
 
-    def _alter(self, honest):
+    def _alter(self, honest, request):
         from dataclasses import replace
 
-        from provider.engine import output_hash
-
         with honest:
-            for piece in honest:
-                yield piece.upper()
-        yield self.mark
-        text = honest.result.text.upper() + self.mark
-        return replace(honest.result, text=text, output_hash=output_hash(text))
+            result = honest.run()
+        tokens = tuple(self.inner.tokenize(result.text.upper() + self.mark))[:request.max_tokens]
+        text = self.inner.text_of(tokens, request.stop)
+        if text:
+            yield text
+        return replace(result, text=text, tokens=tokens)
 
 
 @click.group()

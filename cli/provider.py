@@ -9,7 +9,7 @@ import click
 
 from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
 from cli.token import _amount
-from mesh.market import MarketClient
+from mesh.market import MAX_PRICE, MarketClient
 from mesh.types import format_amount
 
 
@@ -27,15 +27,21 @@ def _account(account_name, chain):
 
 @provider.command()
 @click.option("--model", default="default", show_default=True, help="GGUF file path, or 'default' (SmolLM2-135M Q4_1).")
-@click.option("--price", type=click.IntRange(1, 2**64 - 1), required=True, help="Base units per output token.")
+@click.option("--price", type=click.IntRange(1, MAX_PRICE), required=True, help="Base units per output token.")
 @click.option("--stake", default="0", callback=_amount, help="MESH to stake now (e.g. 100 or 100000000u).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="IP to listen on (announced in the manifest).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IP to listen on.")
+@click.option("--announce", default=None, metavar="IP",
+              help="IP peers dial, when it is not --host (e.g. --host 0.0.0.0 --announce 203.0.113.7).")
 @click.option("--port", type=click.IntRange(1, 65535), default=4001, show_default=True, help="TCP port to listen on.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="CPU threads for llama.cpp.")
 @click.option("--gpu-layers", type=click.IntRange(0, 10_000), default=0, show_default=True, help="Layers offloaded to a GPU.")
+@click.option("--ctx", type=click.IntRange(16, 1 << 20), default=2048, show_default=True,
+              help="Context window the engine runs with, in tokens (capped by the model's).")
+@click.option("--group", default=None, metavar="NAME",
+              help="Join the private mesh NAME (its consumers ask with --group NAME) instead of the open market.")
 @account_option
 @rpc_option
-def register(model, price, stake, host, port, threads, gpu_layers, account_name, rpc) -> None:
+def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, group, account_name, rpc) -> None:
     """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
     from provider.runtime import endpoint_of, register_provider
     from mesh.protocol import Manifest
@@ -43,10 +49,12 @@ def register(model, price, stake, host, port, threads, gpu_layers, account_name,
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     settings = register_provider(chain, acct, model, price, stake, host=host, port=port, threads=threads,
-                                 gpu_layers=gpu_layers)
+                                 gpu_layers=gpu_layers, ctx=ctx, group=group, announce=announce)
     m = Manifest.parse(settings.manifest)
     click.echo(f"registered {acct.address}")
     click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length}) sha256 {m.model_sha256}")
+    click.echo(f"  pool      {'private mesh ' + repr(group) if group else 'the open market'}")
+    click.echo(f"  build     {m.build.fingerprint if m.build else '?'}")
     click.echo(f"  price     {price} base units per output token")
     click.echo(f"  endpoint  {endpoint_of(m)}")
     click.echo(f"  stake     +{format_amount(stake)}")
@@ -77,7 +85,7 @@ def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_eng
     acct = resolve_account(account_name or settings.account, chain.chain_id)
     engine = None
     if wrap_engine is not None:
-        engine = wrap_engine(LlamaCppEngine(settings.model_path, n_threads=settings.threads,
+        engine = wrap_engine(LlamaCppEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
                                             n_gpu_layers=settings.gpu_layers), acct.address)
 
     def ready(peer_id: str, addrs: list[str]) -> None:

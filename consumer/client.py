@@ -1,6 +1,8 @@
-"""The consumer's side of the inference and manifest protocols (trio; used by consumer/ask.py,
-tests and benchmarks). Every answer is verified before it is believed: the text hashes to the
-signed output hash, the token count is within the job, the EIP-712 signature is the provider's.
+"""The consumer's side of the inference and manifest protocols (trio; used by consumer/query.py,
+tests and benchmarks). Every answer is verified before it is believed: the text and the tokens hash
+to the signed output hash, the tokens number the signed count, and the EIP-712 signature is the
+seat's provider's. A validly signed answer that claims more tokens than the job allows is not
+dropped: it is a provable lie, kept (`Answer.lie`) so that settlement slashes it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from mesh.errors import P2PError, ProtocolError, ProviderFailed
 from mesh.market import ResultClaim
@@ -26,7 +28,9 @@ from mesh.protocol import (
     ManifestResponse,
     ResultFrame,
     TokenFrame,
+    output_hash,
     received_manifest,
+    unpack_tokens,
 )
 
 #: The first token needs the provider's on-chain check and the prompt's evaluation.
@@ -43,6 +47,12 @@ class Answer:
     claim: ResultClaim
     first_token_ms: float
     total_ms: float
+    #: A signed claim of more tokens than the job allows: submitted at settlement, where it is slashed.
+    lie: bool = False
+
+    @property
+    def tokens(self) -> list[int]:
+        return unpack_tokens(self.result.tokens)
 
 
 async def fetch_manifest(node: Node, peer_id: str, addrs: Sequence[str], timeout: float = 10.0) -> tuple[Manifest, bytes]:
@@ -71,11 +81,11 @@ async def run_job(node: Node, peer_id: str, addrs: Sequence[str],
     """Send a request to one provider, stream its tokens, verify and return its signed answer.
 
     `req` may be a coroutine function: the stream is then opened first and the request awaited
-    after, so stream set-up (several ms in py-libp2p) overlaps with opening the job on-chain.
-    `expected` is the provider's address (needed up front in that case).
+    after, so stream set-up (several ms in py-libp2p) overlaps with the chain. `expected` is the
+    provider's address (needed up front in that case).
     """
     if isinstance(req, InferRequest):
-        expected = to_checksum_address(req.job.providers[req.index])
+        expected = to_checksum_address(req.job.seats[req.seat])
     assert expected is not None, "pass expected= with a deferred request"
     if address_from_peer_id(peer_id) != expected:
         raise ProviderFailed("wrong_peer", f"peer {peer_id} is not provider {expected}", expected)
@@ -85,8 +95,8 @@ async def run_job(node: Node, peer_id: str, addrs: Sequence[str],
         async with node.open_session(peer_id, addrs, INFER_PROTOCOL, connect_timeout) as s:
             if not isinstance(req, InferRequest):
                 req = await req()
-                if to_checksum_address(req.job.providers[req.index]) != expected:
-                    raise ProviderFailed("wrong_peer", f"slot {req.index} is no longer {expected}", expected)
+                if req.job.seats[req.seat] != expected:
+                    raise ProviderFailed("wrong_peer", f"seat {req.seat} is not {expected}", expected)
             t0 = time.perf_counter()
             await s.send(req.to_wire(), max_size=MAX_REQUEST_FRAME)
             while True:
@@ -112,12 +122,14 @@ async def run_job(node: Node, peer_id: str, addrs: Sequence[str],
     except P2PError as exc:
         raise ProviderFailed(exc.code, f"provider {expected}: {exc}", expected) from exc
     text = "".join(pieces)
-    if keccak(text.encode("utf-8")) != result.output_hash:
-        raise ProviderFailed("bad_result", "the streamed text does not hash to the signed output hash", expected)
-    if result.token_count > req.job.max_tokens:
-        raise ProviderFailed("bad_result", f"the result claims {result.token_count} tokens, above the job's {req.job.max_tokens}",
+    tokens = unpack_tokens(result.tokens)
+    if len(tokens) != result.token_count:
+        raise ProviderFailed("bad_result", f"the result lists {len(tokens)} tokens but signs {result.token_count}",
                              expected)
+    if output_hash(text, tokens) != result.output_hash:
+        raise ProviderFailed("bad_result", "the streamed text and tokens do not hash to the signed output hash", expected)
     claim = ResultClaim(req.job_id, result.output_hash, result.token_count, result.signature)
     if claim.signer(chain_id, market) != expected:
-        raise ProviderFailed("bad_result", "the result is not signed by the provider", expected)
-    return Answer(expected, text, result, claim, first_ms, (time.perf_counter() - t0) * 1000)
+        raise ProviderFailed("bad_result", "the result is not signed by the seat's provider", expected)
+    return Answer(expected, text, result, claim, first_ms, (time.perf_counter() - t0) * 1000,
+                  lie=result.token_count > req.job.max_tokens)

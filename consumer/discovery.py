@@ -17,13 +17,14 @@ from mesh.market import MarketClient
 
 @dataclass(frozen=True)
 class Offer:
-    """A provider's current on-chain offer for a model."""
+    """A provider's current on-chain offer for a model, in a pool (group 0: the open market)."""
 
     address: str
     price: int
     endpoint: str
     manifest_hash: bytes
     free_stake: int
+    group: bytes = b"\x00" * 32
 
     @property
     def peer_id(self) -> str:
@@ -34,50 +35,43 @@ class Offer:
         return [self.endpoint.rsplit("/p2p/", 1)[0]]
 
 
-def discover(chain: Chain, model_hash: bytes) -> list[Offer]:
-    """Current offers for `model_hash`: the last ProviderRegistered event of each provider that is
-    still its listing on-chain (a later registration for another model or a deregistration wins)."""
+def discover(chain: Chain, model_hash: bytes, group: bytes | None = None) -> list[Offer]:
+    """Current offers for `model_hash` (in `group` if given): the last ProviderRegistered event of
+    each provider that is still its listing on-chain (a later registration elsewhere, or a
+    deregistration, wins)."""
     latest = {to_checksum_address(args["provider"]): args for args in chain.registrations(model_hash)}
     offers = []
     mc = MarketClient(chain)
     for address, args in latest.items():
         acct = mc.account(address)
-        if bytes(acct["model_hash"]) != model_hash or bytes(acct["manifest_hash"]) != bytes(args["manifestHash"]):
+        if (bytes(acct["model_hash"]) != model_hash or bytes(acct["manifest_hash"]) != bytes(args["manifestHash"])
+                or bytes(acct["group"]) != bytes(args["group"]) or not acct["listed"]):
             continue  # re-registered since, or deregistered
+        if group is not None and bytes(acct["group"]) != group:
+            continue
         if "/p2p/" not in args["endpoint"]:
             continue
         offers.append(Offer(address, acct["price"], args["endpoint"], bytes(acct["manifest_hash"]),
-                            acct["stake"] - acct["locked"]))
+                            acct["stake"] - acct["locked"], bytes(acct["group"])))
     return offers
 
 
-def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: int, max_price: int,
-             allow: Sequence[str] = ()) -> list[Offer]:
-    """Offers the contract would accept for this job, with clear errors when there are too few."""
-    allowed = {_normalise_peer(a) for a in allow}
+def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: int, max_price: int) -> list[Offer]:
+    """The offers a draw for this job could pick (at or under the price cap, with free stake for
+    the seat's lock times maxLockShare, not the consumer), with a sentence when there are fewer
+    than three: checked before the job is opened, so a query that cannot be drawn costs nothing."""
     pool = [o for o in offers if o.address != to_checksum_address(consumer)]
-    if allowed:
-        pool = [o for o in pool if o.address in allowed or o.peer_id in allowed]
     if len(pool) < 3:
-        where = "in the --allow list" if allowed else "registered for this model"
-        raise QueryError(f"only {len(pool)} provider(s) {where}; a verified query needs three",
-                            "wait for more providers, allow more peers, or choose another model (`mesh models`)")
+        raise QueryError(f"only {len(pool)} provider(s) offer this model in this pool; a verified query needs three",
+                         "wait for more providers, or choose another model or group (`mesh models`)")
     affordable = [o for o in pool if o.price <= max_price]
     if len(affordable) < 3:
         prices = sorted(o.price for o in pool)
         raise QueryError(f"only {len(affordable)} provider(s) charge at most {max_price} per token "
-                            f"(prices: {', '.join(map(str, prices))})",
-                            f"raise --max-price to at least {prices[2]}")
+                         f"(prices: {', '.join(map(str, prices))})", f"raise --max-price to at least {prices[2]}")
     params = chain.deployment.params
-    staked = [o for o in affordable if o.free_stake >= params.lock_for(max_tokens, o.price)]
+    staked = [o for o in affordable if params.lock_for(max_tokens, o.price) * params.max_lock_share <= o.free_stake]
     if len(staked) < 3:
         raise QueryError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
-                            "ask for fewer --max-tokens, or retry when their open jobs have closed")
+                         "ask for fewer --max-tokens, or retry later")
     return staked
-
-
-def _normalise_peer(a: str) -> str:
-    a = a.strip()
-    if a.startswith("0x") and len(a) == 42:
-        return to_checksum_address(a)
-    return a

@@ -1,6 +1,8 @@
-"""The consumer's journal of jobs it has not settled yet: recovery after a crash or a failed
-provider. One JSON file per job in $MESH_HOME/jobs/, written atomically at every step (opened,
-each signed result, replacement), removed once the job is seen closed on-chain.
+"""The consumer's journal of jobs it has not closed yet: recovery after a crash, a failed seat or a
+contest. One JSON file per job in $MESH_HOME/jobs/, written durably (mesh.files) at every step
+(opened, drawn, each signed result, a seat added), removed once the job is seen closed on-chain.
+
+Each delivered answer is saved with its text: the consumer always keeps what it may pay for.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from mesh import config
 from mesh.errors import MeshError
+from mesh.files import write_atomic
 from mesh.market import ResultClaim
 from mesh.protocol import Job
 
@@ -18,15 +21,17 @@ from mesh.protocol import Job
 @dataclass
 class PendingJob:
     job_id: bytes
-    job: Job
+    job: Job | None
     results: dict[int, ResultClaim] = field(default_factory=dict)
+    texts: dict[int, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({
             "job_id": "0x" + self.job_id.hex(),
-            "job": self.job.to_wire(),
+            "job": self.job.to_wire() if self.job is not None else None,
             "results": {str(i): {"output_hash": "0x" + r.output_hash.hex(), "token_count": r.token_count,
                                  "signature": "0x" + r.signature.hex()} for i, r in self.results.items()},
+            "texts": {str(i): t for i, t in self.texts.items()},
         }, indent=1)
 
     @classmethod
@@ -35,7 +40,8 @@ class PendingJob:
         job_id = bytes.fromhex(d["job_id"][2:])
         results = {int(i): ResultClaim(job_id, bytes.fromhex(r["output_hash"][2:]), int(r["token_count"]),
                                        bytes.fromhex(r["signature"][2:])) for i, r in d["results"].items()}
-        return cls(job_id, Job.parse(d["job"]), results)
+        return cls(job_id, Job.parse(d["job"]) if d["job"] else None, results,
+                   {int(i): str(t) for i, t in d.get("texts", {}).items()})
 
 
 class Journal:
@@ -47,10 +53,7 @@ class Journal:
         return self.root / f"0x{job_id.hex()}.json"
 
     def save(self, p: PendingJob) -> None:
-        path = self._path(p.job_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(p.to_json())
-        tmp.replace(path)
+        write_atomic(self._path(p.job_id), p.to_json(), mode=0o600)
 
     def remove(self, job_id: bytes) -> None:
         self._path(job_id).unlink(missing_ok=True)

@@ -1,18 +1,20 @@
 """One verified, paid query as a sequence of phases (what `mesh ask` runs after discovery).
 
-    verify     fetch and check the best-ranked providers' manifests over libp2p, concurrently:
-               the manifest hashes to the registered one, is signed by the registered address,
-               which is also the Noise-proven peer id, and is for the job's model
-    open       escrow the job on-chain (meanwhile the three request streams are being opened)
-    fan out    send the request to the three providers at once and stream the first one's
-               tokens; a slot whose provider fails is re-routed on-chain to a verified spare
-    compare    group the signed results by (output hash, token count): agreement and the text
-               (a pure function)
-    settle     settle on-chain with three results, or keep the job in the journal for
-               `mesh settle` (after the delivery window); build the receipt
+    open       request the job on-chain (escrow, model, pool, prompt hash): nobody is chosen yet
+    draw       the next transaction draws three seats from the pool, by stake, with the open
+               block's hash as seed; meanwhile the pool's manifests are fetched and checked
+    fan out    send the request to the three seats at once and stream the first one's tokens; a
+               seat that fails (unreachable, busy, stalled, lying about its answer) is answered
+               by adding a seat, drawn like the others (never chosen), up to five
+    compare    group the signed results by (output hash, token count) (a pure function)
+    settle     settle on-chain when every seat answered: agreed results are paid at once; a
+               disagreement becomes a contest (a provisional outcome, or a jury if a party
+               disputes). With a seat missing, the job waits in the journal for `mesh settle`
+               (a seat may be left out only after the claim window)
 
-Each phase is a method of `Query`, testable alone. trio is confined to the phases that talk to
-peers; the chain is synchronous and runs in worker threads.
+The answer the consumer may pay for is always shown and saved (journal), whatever happens.
+Each phase is a method of `Query`; trio is confined to the phases that talk to peers, the chain
+is synchronous and runs in worker threads.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ from consumer.discovery import Offer
 from consumer.journal import PendingJob
 from consumer.receipt import Receipt, SlotReport
 from mesh.errors import ChainError, ProviderFailed
-from mesh.market import ResultClaim, job_id_for, new_salt
-from mesh.p2p import Node, address_from_peer_id
-from mesh.protocol import InferRequest, Job, Sampling
+from mesh.market import OUTCOMES, ZERO32, Contest
+from mesh.p2p import Node
+from mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
 from mesh.types import format_amount
 
-#: Providers verified beyond the three needed, ready to step in for a failing one.
-SPARES = 2
 MANIFEST_TIMEOUT = 5.0
+#: A pool this small is dialled while the job opens (its seats are among it).
+PREDIAL_POOL = 8
 
 
 @dataclass
@@ -46,260 +48,291 @@ class AskOptions:
     max_tokens: int = 128
     max_price: int = 100
     temperature_milli: int = 0
+    top_p_milli: int = 1000
     seed: int = 0
+    stop: tuple[str, ...] = ()
+    #: The pool: 0 the open market, else a private mesh (consumer.discovery.group_id).
+    group: bytes = ZERO32
     first_token_timeout: float = 30.0
     token_timeout: float = 10.0
+    #: Seats a job may grow to when seats fail (the contract allows five).
+    max_seats: int = SEATS
+    #: Dispute a contested job whose valid results are not all paid provisionally (a jury then
+    #: judges every seat; the consumer's jury reserve pays it unless nothing changes in its favour,
+    #: when its bond does: docs/PROTOCOL.md, the court). Off by default: a disagreement between
+    #: honest builds is settled without a jury.
+    dispute: bool = False
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the signed results say: "3/3", "2/3", "none" (three that all differ), or "pending"
-    (fewer than three results); the majority's text, else the first delivered answer's."""
+    """What the signed results say. `kind`: "agreed" (two or more, all equal), "contested"
+    (anything else with a valid result), "refunded" (no valid result); `agreement` reads "k/n":
+    k equal valid results of n seats that answered; `text` is the answer the results support
+    (the strict majority's, else the first valid answer delivered)."""
 
+    kind: str
     agreement: str
     text: str
+    #: The seats whose results support `text`.
+    seats: tuple[int, ...] = ()
 
 
-def compare(answers: Mapping[int, Answer], slots: int = 3) -> Outcome:
-    """The comparison phase: a result is a vote for (output hash, token count)."""
-    votes = Counter((a.result.output_hash, a.result.token_count) for a in answers.values())
-    top, count = votes.most_common(1)[0] if votes else (None, 0)
-    majority = [a.text for a in answers.values() if (a.result.output_hash, a.result.token_count) == top]
-    text = majority[0] if count >= 2 else (answers[min(answers)].text if answers else "")
-    if len(answers) < slots:
-        return Outcome("pending", text)
-    return Outcome({3: "3/3", 2: "2/3"}.get(count, "none"), text)
+def compare(answers: Mapping[int, Answer]) -> Outcome:
+    """The comparison phase: a valid result is a vote for (output hash, token count); a signed
+    claim of more tokens than the job allows (a lie) is no vote."""
+    valid = {i: a for i, a in sorted(answers.items()) if not a.lie}
+    votes = Counter(_vote(a) for a in valid.values())
+    ranked = votes.most_common()
+    top, count = ranked[0] if ranked else (None, 0)
+    if not (count >= 2 and (len(ranked) == 1 or ranked[1][1] < count)) and valid:
+        top = _vote(next(iter(valid.values())))  # no strict majority: the first valid answer
+    seats = tuple(i for i, a in valid.items() if _vote(a) == top)
+    if not valid:
+        kind = "refunded"
+    elif len(valid) >= 2 and count == len(valid):
+        kind = "agreed"
+    else:
+        kind = "contested"
+    return Outcome(kind, f"{count}/{len(answers)}", valid[seats[0]].text if seats else "", seats)
 
 
-@dataclass
-class Slot:
-    index: int
-    offer: Offer
-    report: SlotReport
-    answer: Answer | None = None
-
-
-class _JobNotOpened(Exception):
-    """openJob failed: the slots stop; the error itself is raised by the query."""
+def _vote(a: Answer) -> tuple[bytes, int]:
+    return a.result.output_hash, a.result.token_count
 
 
 @dataclass
 class Query:
     """The state of one query as it moves through its phases. `asker` gives the chain, the
-    account, the journal and the callbacks (consumer.ask.Asker)."""
+    account, the journal and the callbacks (consumer.ask.Asker); `offers` the pool's providers
+    by address (where to reach a drawn seat)."""
 
     asker: object
     sampling: Sampling
     model_hash: bytes
     opts: AskOptions
+    offers: dict[str, Offer]
     on_token: Callable[[str], None] | None = None
-    salt: bytes = field(default_factory=new_salt)
+    job_id: bytes = b""
     job: Job | None = None
-    slots: list[Slot] = field(default_factory=list)
-    spares: list[Offer] = field(default_factory=list)
+    slots: list[SlotReport] = field(default_factory=list)
+    answers: dict[int, Answer] = field(default_factory=dict)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
     gas: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     streamed: list[str] = field(default_factory=list)
     streamer: int | None = None
-    open_error: BaseException | None = None
 
     def __post_init__(self) -> None:
         self.t_start = time.perf_counter()
-        self.job_id = job_id_for(self.asker.account.address, self.salt)
-        self.pending = PendingJob(self.job_id, None)
-        self.opened = trio.Event()
-        self.replace_lock = trio.Lock()
+        self.pending: PendingJob | None = None
+        self.seat_lock = trio.Lock()
+        #: Seats whose request has been admitted (or refused) by their provider: a seat may be
+        #: added only when none is in flight, since adding one changes the job they check.
+        self.in_flight: set[int] = set()
+        self.settled_flight = trio.Condition()
 
-    # -- verify
+    # -- open and draw
 
-    async def verify(self, node: Node, ranked: list[Offer], need: int = 3 + SPARES) -> list[Offer]:
-        """Best-ranked first, until `need` verified offers (or none left)."""
-        verified: list[Offer] = []
-        queue = list(ranked)
-        while queue and len(verified) < need:
-            batch, queue = queue[: need - len(verified)], queue[need - len(verified):]
-            ok: set[str] = set()
-            async with trio.open_nursery() as n:
-                for o in batch:
-                    n.start_soon(self._check_manifest, node, o, ok)
-            verified += [o for o in batch if o.address in ok]
-        self.timings["discover"] = (time.perf_counter() - self.t_start) * 1000
-        return verified
+    async def open_and_draw(self, node: Node) -> None:
+        """Open the job and draw its seats (two transactions, in a worker thread); meanwhile dial
+        the pool when it is small (the seats will be among them: their connections are then warm)."""
+        async with trio.open_nursery() as n:
+            if len(self.offers) <= PREDIAL_POOL:
+                for o in self.offers.values():
+                    n.start_soon(self._fetch_manifest, node, o)
+            await trio.to_thread.run_sync(self._open_and_draw_sync)
 
-    async def _check_manifest(self, node: Node, o: Offer, ok: set[str]) -> None:
-        t0 = time.perf_counter()
-        try:
-            if address_from_peer_id(o.peer_id) != o.address:
-                raise ProviderFailed("wrong_peer", "endpoint peer id is not the registered address")
-            m, digest = await fetch_manifest(node, o.peer_id, o.addrs, MANIFEST_TIMEOUT)
-            if digest != o.manifest_hash:
-                raise ProviderFailed("stale", "manifest differs from the registered one")
-            if bytes.fromhex(m.model_sha256[2:]) != self.model_hash:
-                raise ProviderFailed("stale", "manifest is for another model")
-            ok.add(o.address)
-            self.asker.observe(o.address, "connect_ms", (time.perf_counter() - t0) * 1000)
-        except Exception as exc:  # a malformed peer must never abort discovery
-            self.asker.observe(o.address, "connect_failure", None)
-            self.asker.on_event(f"skipping {o.address[:10]}…: {exc if isinstance(exc, ProviderFailed) else repr(exc)}")
-
-    def assign(self, verified: list[Offer]) -> None:
-        """The first three verified offers get the slots, the rest wait as spares."""
-        self.slots = [Slot(i, o, SlotReport(i, o.address, o.price)) for i, o in enumerate(verified[:3])]
-        self.spares = list(verified[3:])
-        # The cap covers the dearest spare too, so that any of them can step in.
-        self.price_cap = max(o.price for o in verified)
-
-    # -- open
-
-    async def open_job(self) -> None:
+    def _open_and_draw_sync(self) -> None:
+        a, s = self.asker, self.sampling
         t = time.perf_counter()
-        mc, acct, s = self.asker.mc, self.asker.account, self.sampling
-        try:
-            _, self.job, receipt = await trio.to_thread.run_sync(
-                lambda: mc.open_job(acct, self.model_hash, s.prompt_hash(self.model_hash), s.max_tokens, self.price_cap,
-                                    [sl.offer.address for sl in self.slots], salt=self.salt, approve=False))
-            self.timings["open"] = (time.perf_counter() - t) * 1000
-            self.gas["open"] = receipt["gasUsed"]
-            self.pending.job = self.job
-            self.asker.journal.save(self.pending)
-            self.asker.on_event(f"job 0x{self.job_id.hex()} opened: escrow {format_amount(self.job.escrow)}")
-        except Exception as exc:  # reported once the slots have stopped
-            self.open_error = exc
-        finally:
-            self.opened.set()  # after self.job is set: the slots read it as soon as this fires
+        self.job_id, job, r1 = a.mc.open_job(a.account, self.model_hash, s.prompt_hash(self.model_hash), s.max_tokens,
+                                             self.opts.max_price, group=self.opts.group, approve=False)
+        self.pending = PendingJob(self.job_id, job)
+        a.journal.save(self.pending)
+        self.timings["open"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        self.job, r2 = a.mc.draw_seats(a.account, job)
+        self.timings["draw"] = (time.perf_counter() - t) * 1000
+        self.gas["open"], self.gas["draw"] = r1["gasUsed"], r2["gasUsed"]
+        self.pending.job = self.job
+        a.journal.save(self.pending)
+        self.slots = [SlotReport(i, self.job.seats[i], self.job.prices[i]) for i in range(self.job.seat_count)]
+        a.on_event(f"job 0x{self.job_id.hex()} drawn: seats {', '.join(x[:10] + '…' for x in self.job.seats[:3])}; "
+                   f"escrow {format_amount(self.job.held)}")
 
-    async def _request(self, index: int) -> InferRequest:
-        """The slot's request, once the job is open (the stream was opened meanwhile)."""
-        await self.opened.wait()
-        if self.open_error is not None:
-            raise _JobNotOpened()
-        return InferRequest(self.job_id, self.job, index, self.sampling)
+    async def _fetch_manifest(self, node: Node, o: Offer) -> None:
+        """A seat's manifest (build, hardware) for the receipt; never in the way of a request."""
+        if o.address in self.manifests:
+            return
+        try:
+            m, digest = await fetch_manifest(node, o.peer_id, o.addrs, MANIFEST_TIMEOUT)
+        except ProviderFailed:
+            return  # a seat without a manifest still serves; the receipt says its build is unknown
+        if digest == o.manifest_hash:
+            self.manifests[o.address] = m
 
     # -- fan out
 
     async def fan_out(self, node: Node) -> None:
-        """Open the job and run the three slots at once; raise openJob's error if it failed."""
-        t_gen = time.perf_counter()
+        t = time.perf_counter()
         async with trio.open_nursery() as n:
-            n.start_soon(self.open_job)
-            for slot in self.slots:
-                n.start_soon(self._run_slot, node, slot)
-        if self.open_error is not None:
-            raise self.open_error
-        self.timings["generate"] = (time.perf_counter() - t_gen) * 1000
+            for i in range(self.job.seat_count):
+                n.start_soon(self._run_seat, node, i)
+                if self.job.seats[i] in self.offers:
+                    n.start_soon(self._fetch_manifest, node, self.offers[self.job.seats[i]])
+        self.timings["generate"] = (time.perf_counter() - t) * 1000
 
-    def _token_sink(self, slot: Slot) -> Callable[[str], None]:
+    def _sink(self, seat: int) -> Callable[[str], None]:
         def sink(text: str) -> None:
+            self.in_flight.discard(seat)
             if self.asker.on_any_token:
-                self.asker.on_any_token(slot.index, slot.offer.address, text)
+                self.asker.on_any_token(seat, self.job.seats[seat], text)
             if self.streamer is None:
-                self.streamer = slot.index
+                self.streamer = seat
                 self.timings["first_token"] = (time.perf_counter() - self.t_start) * 1000
-            if self.streamer == slot.index:
+            if self.streamer == seat:
                 self.streamed.append(text)
                 if self.on_token:
                     self.on_token(text)
         return sink
 
-    async def _run_slot(self, node: Node, slot: Slot) -> None:
-        first = True
-        while True:
-            offer = slot.offer
-            req = (lambda: self._request(slot.index)) if first else InferRequest(self.job_id, self.job, slot.index,
-                                                                                 self.sampling)
-            first = False
+    async def _run_seat(self, node: Node, seat: int) -> None:
+        retried = False
+        while seat is not None:
+            address = self.job.seats[seat]
+            offer = self.offers.get(address)
+            job_sent = self.job
+            self.in_flight.add(seat)
             try:
-                answer = await run_job(
-                    node, offer.peer_id, offer.addrs, req, expected=offer.address,
-                    chain_id=self.asker.chain.chain_id, market=self.asker.chain.market.address,
-                    on_token=self._token_sink(slot), first_token_timeout=self.opts.first_token_timeout,
-                    token_timeout=self.opts.token_timeout)
-            except _JobNotOpened:
-                return
+                if offer is None:
+                    raise ProviderFailed("unreachable", "no endpoint is registered for this seat", address)
+                answer = await run_job(node, offer.peer_id, offer.addrs,
+                                       InferRequest(self.job_id, job_sent, seat, self.sampling),
+                                       chain_id=self.asker.chain.chain_id, market=self.asker.chain.market.address,
+                                       on_token=self._sink(seat), first_token_timeout=self.opts.first_token_timeout,
+                                       token_timeout=self.opts.token_timeout)
             except ProviderFailed as exc:
-                if not await self._reroute(slot, offer, exc):
-                    return
+                await self._landed(seat)
+                if exc.code == "unpaid" and job_sent is not self.job and not retried:
+                    retried = True  # a seat was added while this request travelled: resend the job
+                    continue
+                seat = await self._failed(seat, exc)
+                retried = False
                 continue
-            self._delivered(slot, answer)
+            await self._landed(seat)
+            self._delivered(seat, answer)
             return
 
-    def _delivered(self, slot: Slot, answer: Answer) -> None:
-        slot.answer = answer
-        r = slot.report
-        r.first_token_ms, r.total_ms, r.tokens, r.status = (answer.first_token_ms, answer.total_ms,
-                                                            answer.result.token_count, "delivered")
-        self.asker.observe(slot.offer.address, "first_token_ms", answer.first_token_ms)
-        self.pending.results[slot.index] = answer.claim
+    async def _landed(self, seat: int) -> None:
+        async with self.settled_flight:
+            self.in_flight.discard(seat)
+            self.settled_flight.notify_all()
+
+    def _delivered(self, seat: int, answer: Answer) -> None:
+        self.answers[seat] = answer
+        r = self.slots[seat]
+        r.first_token_ms, r.total_ms, r.tokens = answer.first_token_ms, answer.total_ms, answer.result.token_count
+        r.status = "lied: claims more tokens than the job allows" if answer.lie else "delivered"
+        self.asker.observe(answer.provider, "first_token_ms", answer.first_token_ms)
+        self.pending.results[seat], self.pending.texts[seat] = answer.claim, answer.text
         self.asker.journal.save(self.pending)
 
-    async def _reroute(self, slot: Slot, offer: Offer, exc: ProviderFailed) -> bool:
-        """After a failure: replace the slot's provider on-chain with the next spare. False when
-        the slot stays empty (no spare, or the job never opened)."""
-        await self.opened.wait()  # a provider failing before the job opened: wait for it
-        if self.open_error is not None:
-            return False
-        self.asker.observe(offer.address, "timeout" if exc.code == "timeout" else "failure", None)
-        slot.report.status = f"failed ({exc.code})"
-        self.asker.on_event(f"provider #{slot.index} {offer.address[:10]}… failed: {exc}")
-        async with self.replace_lock:  # each replacement changes the job hash: one at a time
-            while self.spares:
-                spare = self.spares.pop(0)
-                try:
-                    self.job, r = await trio.to_thread.run_sync(
-                        lambda: self.asker.mc.replace_provider(self.asker.account, self.job_id, self.job, slot.index,
-                                                               spare.address))
-                except ChainError as err:
-                    self.asker.on_event(f"cannot replace with {spare.address[:10]}…: {err}")
-                    continue
-                self.gas[f"replace_{slot.index}_{len(slot.report.replaced)}"] = r["gasUsed"]
-                slot.report.replaced.append(offer.address)
-                slot.report.provider, slot.report.price = spare.address, spare.price
-                slot.offer = spare
-                self.asker.on_event(f"provider #{slot.index} replaced by {spare.address[:10]}…")
-                self.pending.job = self.job
-                self.asker.journal.save(self.pending)
-                return True
-        return False
+    async def _failed(self, seat: int, exc: ProviderFailed) -> int | None:
+        """A seat failed: note it, and add a drawn seat in its place (None: no more seats)."""
+        address = self.job.seats[seat]
+        self.asker.observe(address, "timeout" if exc.code == "timeout" else "failure", None)
+        self.slots[seat].status = f"failed ({exc.code})"
+        self.asker.on_event(f"seat #{seat} {address[:10]}… failed: {exc}")
+        async with self.seat_lock:
+            if self.job.seat_count >= self.opts.max_seats:
+                return None
+            async with self.settled_flight:
+                while self.in_flight:
+                    await self.settled_flight.wait()
+            try:
+                job, new, r = await trio.to_thread.run_sync(
+                    lambda: self.asker.mc.add_seat(self.asker.account, self.job))
+            except ChainError as err:
+                self.asker.on_event(f"cannot add a seat: {err}")
+                return None
+            self.job = self.pending.job = job
+            self.asker.journal.save(self.pending)
+            self.gas[f"add_seat_{new}"] = r["gasUsed"]
+            self.slots.append(SlotReport(new, job.seats[new], job.prices[new]))
+            self.asker.on_event(f"seat #{new} added: {job.seats[new][:10]}…")
+            return new
 
     # -- compare and settle
 
-    @property
-    def answers(self) -> dict[int, Answer]:
-        return {s.index: s.answer for s in self.slots if s.answer is not None}
-
     def settle(self) -> Receipt:
-        """Compare, then settle on-chain if all three delivered (synchronous: after the node stopped)."""
+        """Compare, then settle on-chain if every seat answered (synchronous: after the node stopped)."""
         outcome = compare(self.answers)
-        refund, settled = 0, False
-        if outcome.agreement != "pending":
-            refund = self._settle_on_chain()
-            settled = True
+        missing = [i for i in range(self.job.seat_count) if i not in self.answers]
+        refund, settled, kind = 0, False, outcome.kind
+        if missing:
+            kind = "pending"
+            for i in missing:
+                self.slots[i].status = self.slots[i].status or "no result"
+            p = self.asker.chain.deployment.params
+            deadline = self.job.drawn_at + p.delivery_window + p.claim_window
+            self.asker.on_event(f"{len(missing)} seat(s) did not answer: the job settles after their claim window "
+                                f"(chain time {deadline}); run `mesh settle` then (any later `mesh ask` does it too)")
         else:
-            for s in self.slots:
-                if s.answer is None:
-                    s.report.status = s.report.status or "no result"
-            deadline = self.job.opened_at + self.asker.chain.deployment.params.delivery_window
-            self.asker.on_event(f"only {len(self.answers)} result(s): the job settles after the delivery window "
-                                f"(unix {deadline}); run `mesh settle` then (or any later `mesh ask` does it)")
+            try:
+                refund, settled, kind = self._settle_on_chain(outcome)
+            except ChainError as exc:
+                kind = "pending"
+                self.asker.on_event(f"settling failed ({exc}); the job and its results are in the journal: "
+                                    "run `mesh settle` to retry")
         self.timings["total"] = (time.perf_counter() - self.t_start) * 1000
-        return Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, [s.report for s in self.slots],
-                       self.job.escrow, refund, self.gas, self.timings, settled, "".join(self.streamed))
+        builds = {a: m.build.fingerprint if m.build else "" for a, m in self.manifests.items()}
+        answering = {builds.get(self.job.seats[i], "") for i in outcome.seats}
+        return Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, self.slots, self.job.held, refund,
+                       self.gas, self.timings, settled, "".join(self.streamed), outcome=kind, builds=builds,
+                       system_fingerprint=answering.pop() if len(answering) == 1 else "")
 
-    def _settle_on_chain(self) -> int:
-        results: list[ResultClaim | None] = [s.answer.claim if s.answer else None for s in self.slots]
-        mc, chain = self.asker.mc, self.asker.chain
+    def _settle_on_chain(self, outcome: Outcome) -> tuple[int, bool, str]:
+        a = self.asker
         t = time.perf_counter()
-        r = mc.settle(self.asker.account, self.job_id, self.job, results)
+        r = a.mc.settle(a.account, self.job, [self.answers[i].claim for i in range(self.job.seat_count)])
         self.timings["settle"] = (time.perf_counter() - t) * 1000
         self.gas["settle"] = r["gasUsed"]
-        ev = mc.settled_event(r)
+        contest = a.mc.contest_of(r)
+        if contest is not None:
+            self._contested(contest)
+            return 0, False, "contested"
+        ev = a.mc.settled_event(r)
         slashed = {to_checksum_address(e["args"]["provider"]): int(e["args"]["amount"])
-                   for e in chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
+                   for e in a.chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
         for i, s in enumerate(self.slots):
-            rep = s.report
-            rep.paid, rep.agreed = int(ev["paid"][i]), int(ev["paid"][i]) > 0
-            rep.slashed = slashed.get(rep.provider, 0)
-            if rep.slashed:
-                rep.status = "slashed (disagreed)"
-        self.asker.journal.remove(self.job_id)
-        return int(ev["refund"])
+            s.paid, s.agreed = int(ev["paid"][i]), int(ev["paid"][i]) > 0
+            s.slashed = slashed.get(s.provider, 0)
+            if s.slashed:
+                s.status = "slashed: signed more tokens than the job allows"
+        a.journal.remove(self.job_id)
+        return int(ev["refund"]), True, OUTCOMES[ev["outcome"]]
+
+    def _contested(self, contest: Contest) -> None:
+        """The seats disagreed: say what happens next, and dispute if asked to and someone's valid
+        result would go unpaid."""
+        a, params = self.asker, self.asker.chain.deployment.params
+        for i, s in enumerate(self.slots):
+            if contest.slashed >> i & 1:
+                s.status = "to be slashed: signed more tokens than the job allows"
+            elif contest.present >> i & 1:
+                s.status = "paid unless a jury decides otherwise" if contest.provisional >> i & 1 else \
+                    "unpaid unless a jury decides otherwise"
+        unpaid = contest.present & ~contest.provisional
+        if self.opts.dispute and unpaid:
+            t = time.perf_counter()
+            request = canonical_json(self.sampling.request(self.model_hash))
+            r = a.mc.dispute(a.account, self.job, contest, request)
+            self.timings["dispute"] = (time.perf_counter() - t) * 1000
+            self.gas["dispute"] = r["gasUsed"]
+            a.on_event(f"the seats disagree: disputed (bond {format_amount(self.job.jury_fee)}); a jury drawn from the "
+                       "pool judges every seat; `mesh settle` closes the job after the court's phases "
+                       f"({3 * params.court_phase} s)")
+        else:
+            a.on_event(f"the seats disagree: the job is contested; unless a party disputes within "
+                       f"{params.dispute_window} s, the provisional outcome stands (`mesh settle` closes it then)")

@@ -19,14 +19,14 @@ class SlotReport:
     status: str = ""
     first_token_ms: float = math.nan
     total_ms: float = math.nan
-    replaced: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Receipt:
     job_id: bytes
     model_hash: bytes
-    agreement: str  # "3/3", "2/3", "none", or "pending" when settlement must wait
+    #: "k/n": k equal valid results of the n seats that answered.
+    agreement: str
     text: str
     slots: list[SlotReport]
     escrow: int
@@ -36,6 +36,13 @@ class Receipt:
     settled: bool
     #: What was shown while streaming; differs from `text` when that provider failed or was outvoted.
     streamed: str = ""
+    #: "agreed" (paid at once), "contested" (a provisional outcome or a jury decides), "refunded"
+    #: (no valid result), or "pending" (a seat did not answer: settles after its claim window).
+    outcome: str = ""
+    #: Each seat's declared build fingerprint (provider address -> "fp_…", "" if undeclared).
+    builds: dict[str, str] = field(default_factory=dict)
+    #: The build of the answer's seats when they all declared the same one (OpenAI's system_fingerprint).
+    system_fingerprint: str = ""
 
     @property
     def paid(self) -> int:
@@ -44,11 +51,13 @@ class Receipt:
     def as_dict(self) -> dict:
         return {
             "job_id": "0x" + self.job_id.hex(), "model_hash": "0x" + self.model_hash.hex(),
-            "agreement": self.agreement, "settled": self.settled, "text": self.text,
+            "agreement": self.agreement, "outcome": self.outcome, "settled": self.settled, "text": self.text,
+            "system_fingerprint": self.system_fingerprint or None,
             "providers": [{"index": s.index, "address": s.provider, "price": s.price, "tokens": s.tokens,
                            "paid": s.paid, "slashed": s.slashed, "agreed": s.agreed, "status": s.status,
-                           "first_token_ms": None if math.isnan(s.first_token_ms) else round(s.first_token_ms, 1),
-                           "replaced": s.replaced} for s in self.slots],
+                           "build": self.builds.get(s.provider) or None,
+                           "first_token_ms": None if math.isnan(s.first_token_ms) else round(s.first_token_ms, 1)}
+                          for s in self.slots],
             "escrow": self.escrow, "paid": self.paid, "refund": self.refund, "gas": self.gas,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -227,6 +228,12 @@ class Chain:
     def latest_time(self) -> int:
         """The latest block's timestamp: the chain's clock, which every deadline is measured on."""
         return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def pending_time(self) -> int:
+        """The time a transaction sent now will see: the latest block's time, or the wall clock if
+        that is later (a quiet local chain mines only when a transaction comes, so its latest block
+        can be old; the next block takes the current time)."""
+        return max(self.latest_time(), int(time.time()))
 
     def registrations(self, model_hash: bytes | None = None) -> list[dict]:
         """Every ProviderRegistered event since the registry was deployed (for one model if given),

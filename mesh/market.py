@@ -43,6 +43,13 @@ ZERO32 = b"\x00" * 32
 CONTEST_ABI = "(bytes32[5],uint64[5],uint8,uint8,uint8,uint64,uint64[5])"
 CLOSED = b"\x00" * 31 + b"\x01"
 JOB_SLOT_RANGE = range(16)
+#: The registry keeps prices in 48 bits.
+MAX_PRICE = 2**48 - 1
+
+
+def group_id(name: str | None) -> bytes:
+    """A private mesh's on-chain group: keccak256 of its name; no name is the open market (0)."""
+    return keccak(text=name) if name else ZERO32
 
 
 def job_id_for(consumer: str, open_block: int, slot: int) -> JobId:
@@ -302,3 +309,82 @@ class MarketClient:
         d = self.market.disputes(job_id).call()
         names = ("disputer", "opened_block", "jury_at", "void", "evidence", "revealed", "jurors", "commits", "verdicts")
         return dict(zip(names, d))
+
+
+# ------------------------------------------------------------------------------ a job's state, from its events
+
+#: Market events that carry a job id as their first topic, in the order a job meets them.
+JOB_EVENTS = ("JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested",
+              "DisputeOpened", "JuryDrawn", "EvidencePosted", "JobSettled", "JuryPaid")
+
+
+@dataclass
+class JobState:
+    """Everything the chain says about one job, rebuilt from its events (the market stores only a
+    hash): the current Job (seats added applied), its contest and dispute, and whether it closed."""
+
+    job_id: bytes
+    job: Job
+    contest: Contest | None = None
+    disputer: str | None = None
+    dispute_block: int | None = None
+    request: bytes | None = None
+    jurors: tuple[str, ...] = ()
+    jury_at: int | None = None
+    evidence: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seat -> (textHash, tokens)
+    committed: set[int] = field(default_factory=set)
+    revealed: set[int] = field(default_factory=set)
+    void: bool = False  # a dispute whose jury could not be drawn
+    settled: dict | None = None  # JobSettled's arguments
+
+    @property
+    def closed(self) -> bool:
+        return self.settled is not None
+
+    @property
+    def contested(self) -> bool:
+        return self.contest is not None and not self.closed
+
+
+def job_state(chain: Chain, job_id: bytes, from_block: int | None = None) -> JobState | None:
+    """The job's state from its events (one eth_getLogs), or None if no JobOpened is found."""
+    market = chain.market
+    topics = {getattr(market.events, name)().topic: name for name in JOB_EVENTS}
+    logs = chain.w3.eth.get_logs({
+        "address": market.address, "fromBlock": from_block or chain.deployment.start_block or chain.deployment.block,
+        "toBlock": "latest", "topics": [list(topics), "0x" + bytes(job_id).hex()],
+    })
+    state: JobState | None = None
+    for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
+        name = topics["0x" + bytes(log["topics"][0]).hex()]
+        args = getattr(market.events, name)().process_log(log)["args"]
+        if name == "JobOpened":
+            state = JobState(job_id, Job.from_event(args, log["blockNumber"]))
+        elif state is not None:
+            _apply(state, name, args, log)
+            if name == "JuryDrawn" and state.jurors:
+                state.jury_at = int(chain.w3.eth.get_block(log["blockNumber"])["timestamp"])
+    return state
+
+
+def _apply(state: JobState, name: str, args, log) -> None:
+    if name == "SeatsDrawn":
+        state.job = state.job.drawn(args["seed"], args["drawnAt"], args["seats"], args["prices"])
+    elif name == "SeatAdded":
+        state.job = state.job.with_seat(args["seat"], args["provider"], args["price"])
+    elif name == "ResultCommitted":
+        state.committed.add(int(args["seat"]))
+    elif name == "ResultRevealed":
+        state.revealed.add(int(args["seat"]))
+    elif name == "JobContested":
+        state.contest = Contest.from_event(args["contest"])
+    elif name == "DisputeOpened":
+        state.disputer, state.dispute_block, state.request = (to_checksum_address(args["disputer"]),
+                                                              log["blockNumber"], bytes(args["request"]))
+    elif name == "JuryDrawn":
+        state.jurors = tuple(to_checksum_address(a) for a in args["jurors"] if int(a, 16))
+        state.void = not state.jurors
+    elif name == "EvidencePosted":
+        state.evidence[int(args["seat"])] = (bytes(args["textHash"]), bytes(args["tokens"]))
+    elif name == "JobSettled":
+        state.settled = dict(args)

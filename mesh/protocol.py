@@ -23,6 +23,7 @@ nothing of providers or consumers (they build and check them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -304,9 +305,14 @@ class Sampling(WireModel):
             del wire["stop"]  # absent and empty hash the same way: absent
         return wire
 
+    def request(self, model_hash: bytes) -> dict[str, Any]:
+        """The request as the job hashes it: {"model": "0x<model hash>", "sampling": <this>}. Its
+        canonical JSON is what a dispute publishes for the jury."""
+        return {"model": "0x" + model_hash.hex(), "sampling": self.to_wire()}
+
     def prompt_hash(self, model_hash: bytes) -> bytes:
-        """keccak256 of the canonical {model, sampling}: the job's on-chain promptHash."""
-        return keccak(canonical_json({"model": "0x" + model_hash.hex(), "sampling": self.to_wire()}))
+        """keccak256 of the canonical request: the job's on-chain promptHash."""
+        return keccak(canonical_json(self.request(model_hash)))
 
 
 # ------------------------------------------------------------------------------ the job
@@ -388,6 +394,41 @@ class Job(WireModel):
         return cls(consumer=args["consumer"], slot=int(args["slot"]), model_hash=bytes(args["modelHash"]),
                    group=bytes(args["group"]), prompt_hash=bytes(args["promptHash"]), max_tokens=int(args["maxTokens"]),
                    price_cap=int(args["priceCap"]), open_block=int(block_number))
+
+
+class StopScanner:
+    """The protocol's stop rule over streamed text: generation ends before the first stop string
+    appears. `feed` returns the text that can be released (it can never be the start of a stop
+    string) and whether a stop string was found; `cut` applies the same rule to a whole text."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        buf = self.held + piece
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held, self.stopped = "", True
+            return buf[:min(hits)], True
+        # Keep back the longest tail that could still grow into a stop string.
+        keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(buf)), 0, -1)
+                    if buf.endswith(s[:k])), default=0)
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return buf[:len(buf) - keep], False
+
+    def flush(self) -> str:
+        """At the end of the output: what was held back was not a stop string after all."""
+        held, self.held = self.held, ""
+        return held
+
+    @staticmethod
+    def cut(text: str, stops: Sequence[str]) -> str:
+        hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+        return text[:min(hits)] if hits else text
 
 
 def output_hash(text: str, tokens: Sequence[int]) -> bytes:
@@ -487,6 +528,28 @@ class Hardware(WireModel):
     gpu_layers: Annotated[Int, Field(ge=0)]
 
 
+class Build(WireModel):
+    """What shapes a provider's floats, so that two seats with equal builds give byte-identical
+    output for the same request (docs/VERIFICATION.md): llama.cpp's version and backend, the CPU
+    features it was compiled for, and the runtime settings measured to change outputs. Thread
+    count and context size do not change outputs and are left out."""
+
+    llama_cpp: NonEmptyText
+    #: "CPU", "CUDA", "Metal", "Vulkan", "ROCm" or "SYCL".
+    backend: NonEmptyText
+    cpu_features: tuple[NonEmptyText, ...]
+    n_batch: Annotated[Int, Field(ge=1)]
+    n_ubatch: Annotated[Int, Field(ge=1)]
+    flash_attn: bool
+    gpu_layers: Annotated[Int, Field(ge=0)]
+
+    @property
+    def fingerprint(self) -> str:
+        """"fp_" + the first 10 hex digits of sha256(canonical JSON): the OpenAI-style
+        system_fingerprint of answers from this build."""
+        return "fp_" + hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()[:10]
+
+
 class Manifest(WireModel):
     """A provider's signed advertisement: what it serves, at what price, where, on what hardware.
 
@@ -509,6 +572,9 @@ class Manifest(WireModel):
     multiaddrs: tuple[NonEmptyText, ...]
     protocol_version: NonEmptyText
     hardware: Hardware
+    #: The build and settings that shape outputs; absent means "undeclared" (a consumer then counts
+    #: the seat as a build of its own).
+    build: Build | None = None
     #: The checksummed address that must have signed (checksummed as sent: normalising it would
     #: change the signed bytes).
     provider: Text
@@ -535,7 +601,7 @@ class Manifest(WireModel):
 
     def body(self) -> dict[str, Any]:
         """Every signed field (all but the signature), as JSON values."""
-        return self.model_dump(mode="json", exclude={"signature"})
+        return self.model_dump(mode="json", exclude={"signature"}, exclude_none=True)
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.body())

@@ -1,15 +1,19 @@
-"""The provider's side of the liveness paths: get paid even when the consumer walks away.
+"""A seat's duties after it answered: get paid for delivered work whatever the consumer does.
 
-For every job it served, the provider keeps what it signed (job, index, output hash, token count)
-plus a random salt. A background task then watches the chain:
+For every job it served, the provider keeps (on disk, fsynced: this is money it is owed) what it
+signed — job, seat, output hash, token count — and what it may have to show a jury: the text's
+hash, the output tokens and the canonical request. A keeper then follows each job on the chain
+(its events: seats added, contests, disputes) and acts when the consumer did not:
 
-- from openedAt + deliveryWindow, if the job is still open: commit (a provider that committed
-  can no longer be dropped or replaced by the consumer, and the fallback is prepared);
-- from the end of the commit window: reveal;
-- from the end of the reveal window: finalize (pays the revealed majority).
+- open after the delivery window: commit a hidden claim (keyed by job and seat), reveal it after
+  the claim window, and finalize (anyone may) once the reveal window is over;
+- contested, this seat valid but not in the provisional majority: dispute (a bond; the jury
+  checks the outputs, and an honest answer passes), draw the jury if nobody did, publish the
+  seat's tokens as evidence during the evidence phase, and resolve once the court is done;
+- contested and nobody disputes: resolve after the dispute window;
+- closed: drop the claim and report what it was paid.
 
-Normally the consumer settles within seconds and none of this costs a transaction: a claim is
-dropped as soon as its job is seen closed.
+Normally the consumer settles within seconds and none of this costs a transaction.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from eth_account.signers.local import LocalAccount
 
 from mesh.chain import Chain
 from mesh.errors import ChainError, ProtocolError
-from mesh.market import MarketClient, commitment
+from mesh.files import write_atomic
+from mesh.market import JobState, MarketClient, commitment, job_state
 from mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
@@ -36,70 +41,86 @@ log = logging.getLogger("meshmarket.provider.claims")
 class Claim:
     job_id: bytes
     job: Job
-    index: int
+    seat: int
     output_hash: bytes
     token_count: int
+    text_hash: bytes = b""
+    tokens: bytes = b""
+    #: The canonical request (keccak256 = the job's promptHash): what a dispute publishes.
+    request: bytes = b""
     salt: bytes = field(default_factory=lambda: os.urandom(32))
     committed: bool = False
     revealed: bool = False
+    disputed: bool = False
 
     def to_dict(self) -> dict:
-        return {"job_id": "0x" + self.job_id.hex(), "job": self.job.to_wire(), "index": self.index,
+        return {"job_id": "0x" + self.job_id.hex(), "job": self.job.to_wire(), "seat": self.seat,
                 "output_hash": "0x" + self.output_hash.hex(), "token_count": self.token_count,
-                "salt": "0x" + self.salt.hex(), "committed": self.committed, "revealed": self.revealed}
+                "text_hash": "0x" + self.text_hash.hex(), "tokens": "0x" + self.tokens.hex(),
+                "request": self.request.decode("utf-8"), "salt": "0x" + self.salt.hex(),
+                "committed": self.committed, "revealed": self.revealed, "disputed": self.disputed}
 
     @classmethod
     def from_dict(cls, d: dict) -> Claim:
-        return cls(bytes.fromhex(d["job_id"][2:]), Job.parse(d["job"]), int(d["index"]),
-                   bytes.fromhex(d["output_hash"][2:]), int(d["token_count"]), bytes.fromhex(d["salt"][2:]),
-                   bool(d["committed"]), bool(d["revealed"]))
+        return cls(bytes.fromhex(d["job_id"][2:]), Job.parse(d["job"]), int(d["seat"]),
+                   bytes.fromhex(d["output_hash"][2:]), int(d["token_count"]), bytes.fromhex(d["text_hash"][2:]),
+                   bytes.fromhex(d["tokens"][2:]), d["request"].encode("utf-8"), bytes.fromhex(d["salt"][2:]),
+                   bool(d["committed"]), bool(d["revealed"]), bool(d["disputed"]))
 
 
 class ClaimKeeper:
     """Thread-safe set of served jobs not yet seen closed; `tick()` advances each one."""
 
     def __init__(self, chain: Chain, account: LocalAccount, on_event: Callable[[str], None] | None = None,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, dispute: bool = True) -> None:
         self.chain = chain
         self.account = account
         self.mc = MarketClient(chain)
-        p = chain.deployment.params
-        self.delivery, self.settle, self.commit_w, self.reveal_w = (p.delivery_window, p.settle_window,
-                                                                     p.commit_window, p.reveal_window)
-        self._claims: dict[bytes, Claim] = {}
+        self.params = chain.deployment.params
+        #: Dispute a contest this seat would otherwise lose (it is honest: its answer passes a jury).
+        self.dispute = dispute
+        self._claims: dict[tuple[bytes, int], Claim] = {}
         self._lock = threading.Lock()
         self.on_event = on_event or (lambda msg: log.info(msg))
-        #: Claims are money owed: they are written to disk (salt included: without it a commitment
-        #: can never be revealed), so a restarted provider still collects.
+        #: Claims are money owed: written durably (salt included: without it a commitment can never
+        #: be revealed), so a restarted provider still collects.
         self.path = path
         if path is not None and path.exists():
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            entries = json.loads(path.read_text())
+        except ValueError as exc:
+            # Never dropped silently: the damaged file is kept aside for the operator.
+            kept = path.with_suffix(".damaged")
+            path.replace(kept)
+            self.on_event(f"claims file {path} is damaged ({exc}); kept as {kept}, starting without it")
+            return
+        for d in entries:
             try:
-                for d in json.loads(path.read_text()):
-                    c = Claim.from_dict(d)
-                    self._claims[c.job_id] = c
+                c = Claim.from_dict(d)
             except (ValueError, KeyError, TypeError, ProtocolError) as exc:
-                self.on_event(f"claims file {path} is damaged ({exc}); starting without it")
+                self.on_event(f"a claim in {path} is damaged ({exc}); skipped")
+                continue
+            self._claims[(c.job_id, c.seat)] = c
 
     def _save(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([c.to_dict() for c in self._claims.values()]))
-        os.chmod(tmp, 0o600)  # the salts are secrets until revealed
-        tmp.replace(self.path)
+        if self.path is not None:
+            write_atomic(self.path, json.dumps([c.to_dict() for c in self._claims.values()]), mode=0o600)
 
     def add(self, claim: Claim) -> None:
         with self._lock:
-            self._claims[claim.job_id] = claim
+            self._claims[(claim.job_id, claim.seat)] = claim
             self._save()
 
     def pending(self) -> list[Claim]:
         with self._lock:
             return list(self._claims.values())
 
-    def _drop(self, job_id: bytes) -> None:
+    def _drop(self, c: Claim) -> None:
         with self._lock:
-            self._claims.pop(job_id, None)
+            self._claims.pop((c.job_id, c.seat), None)
             self._save()
 
     def _update(self) -> None:
@@ -111,40 +132,73 @@ class ClaimKeeper:
         claims = self.pending()
         if not claims:
             return
-        now = self.chain.latest_time()
+        now = self.chain.pending_time()
         for c in claims:
             try:
                 self._advance(c, now)
             except ChainError as exc:
-                # A revert here usually means the world moved (settled meanwhile, replaced):
-                # re-read next tick rather than give up on money owed.
+                # A revert here usually means the world moved (settled meanwhile): re-read next
+                # tick rather than give up on money owed.
                 self.on_event(f"job 0x{c.job_id.hex()[:12]}…: {exc}")
 
     def _advance(self, c: Claim, now: int) -> None:
-        if not self.mc.is_open(c.job_id):
-            self._drop(c.job_id)
+        st = job_state(self.chain, c.job_id, c.job.open_block)
+        short = f"job 0x{c.job_id.hex()[:12]}…"
+        if st is None or st.closed:
+            paid = int(st.settled["paid"][c.seat]) if st is not None else 0
+            self._drop(c)
+            self.on_event(f"{short}: closed; seat #{c.seat} paid {paid} base units")
             return
-        if bytes(self.chain.market.functions.jobHashes(c.job_id).call()) != c.job.hash():
-            # The consumer replaced this provider: the job is no longer ours to claim.
-            self._drop(c.job_id)
-            self.on_event(f"job 0x{c.job_id.hex()[:12]}…: replaced before settlement; nothing to claim")
-            return
-        opened = c.job.opened_at
-        commit_end = opened + self.settle + self.commit_w
-        reveal_end = commit_end + self.reveal_w
-        if not c.committed and opened + self.delivery <= now < commit_end:
-            self.mc.commit(self.account, c.job_id, c.job, c.index,
-                           commitment(c.job_id, self.account.address, c.output_hash, c.token_count, c.salt))
+        c.job = st.job  # seats may have been added since it served
+        if st.contest is not None:
+            self._court(c, st, now, short)
+        else:
+            self._claim(c, st, now, short)
+
+    def _claim(self, c: Claim, st: JobState, now: int, short: str) -> None:
+        """The job is open: commit after the delivery window, reveal, finalize."""
+        p, job = self.params, st.job
+        delivery_end = job.drawn_at + p.delivery_window
+        claim_end = delivery_end + p.claim_window
+        reveal_end = claim_end + p.reveal_window
+        if not c.committed and delivery_end <= now < claim_end:
+            self.mc.commit(self.account, job, c.seat, commitment(c.job_id, c.seat, self.account.address, c.output_hash,
+                                                                 c.token_count, c.salt))
             c.committed = True
             self._update()
-            self.on_event(f"job 0x{c.job_id.hex()[:12]}…: not settled after the delivery window; result committed on-chain")
-        elif c.committed and not c.revealed and commit_end <= now < reveal_end:
-            self.mc.reveal(self.account, c.job_id, c.job, c.index, c.output_hash, c.token_count, c.salt)
+            self.on_event(f"{short}: not settled after the delivery window; claim committed on-chain")
+        elif c.committed and not c.revealed and claim_end <= now < reveal_end:
+            self.mc.reveal(self.account, job, c.seat, c.output_hash, c.token_count, c.salt)
             c.revealed = True
             self._update()
-            self.on_event(f"job 0x{c.job_id.hex()[:12]}…: result revealed")
-        elif now >= reveal_end:
-            receipt = self.mc.finalize(self.account, c.job_id, c.job)
-            ev = self.mc.settled_event(receipt)
-            self._drop(c.job_id)
-            self.on_event(f"job 0x{c.job_id.hex()[:12]}…: finalized without the consumer; paid {ev['paid'][c.index]} base units")
+            self.on_event(f"{short}: claim revealed")
+        elif now >= (reveal_end if st.committed else claim_end):
+            self.mc.finalize(self.account, job)
+            self.on_event(f"{short}: finalized without the consumer")
+
+    def _court(self, c: Claim, st: JobState, now: int, short: str) -> None:
+        """The job is contested: dispute a provisional loss, draw the jury, show the evidence, resolve."""
+        p, job, contest = self.params, st.job, st.contest
+        assert contest is not None
+        mine = bool(contest.present >> c.seat & 1)
+        if st.disputer is None:
+            if now >= contest.contested_at + p.dispute_window:
+                self.mc.resolve(self.account, job, contest)
+                self.on_event(f"{short}: contest resolved on its provisional outcome")
+            elif mine and self.dispute and not c.disputed and not contest.provisional >> c.seat & 1:
+                self.mc.dispute(self.account, job, contest, c.request)
+                c.disputed = True
+                self._update()
+                self.on_event(f"{short}: contested and not paid provisionally; disputed (bond {job.jury_fee})")
+            return
+        if not st.jurors and not st.void:
+            if self.chain.w3.eth.block_number > (st.dispute_block or 0):
+                self.mc.draw_jury(self.account, job, contest)
+                self.on_event(f"{short}: jury drawn")
+            return
+        if st.void or now >= (st.jury_at or 0) + 3 * p.court_phase:
+            self.mc.resolve(self.account, job, contest)
+            self.on_event(f"{short}: dispute resolved")
+        elif mine and c.seat not in st.evidence and now < (st.jury_at or 0) + p.court_phase:
+            self.mc.post_evidence(self.account, job, contest, c.seat, c.text_hash, c.tokens)
+            self.on_event(f"{short}: evidence for seat #{c.seat} published")

@@ -18,31 +18,62 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from eth_utils import keccak
-
 from mesh.errors import ContextOverflowError, InferenceError, ModelFileError
-from mesh.protocol import SAMPLER_MIN_P, SAMPLER_REPEAT_PENALTY, SAMPLER_TOP_K, SAMPLER_TYPICAL_P, Sampling
+from mesh.protocol import (
+    SAMPLER_MIN_P,
+    Build,
+    SAMPLER_REPEAT_PENALTY,
+    SAMPLER_TOP_K,
+    SAMPLER_TYPICAL_P,
+    Sampling,
+    StopScanner,
+    output_hash,
+)
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
+#: Batch settings shape the order of float sums, hence the output (docs/VERIFICATION.md): every
+#: provider running this software uses these, and declares them in its manifest's build.
+N_BATCH = 512
+N_UBATCH = 512
+FLASH_ATTN = False
+_BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 
-def output_hash(text: str) -> str:
-    """keccak256 of the UTF-8 output, 0x-hex: the value providers commit to on-chain."""
-    return "0x" + keccak(text.encode("utf-8")).hex()
+
+def build_of(gpu_layers: int = 0) -> Build:
+    """This machine's llama.cpp build and the engine's settings (no model needs to be loaded)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    backend = next((b for b in _BACKENDS if b in info.upper()), "CPU")
+    backend = {"METAL": "Metal", "VULKAN": "Vulkan", "HIP": "ROCm"}.get(backend, backend)
+    features = sorted({part.split("=")[0].strip() for section in info.split("|")
+                       for part in [section.split(":")[-1]] if part.strip().endswith("= 1")})
+    return Build(llama_cpp=llama_cpp.__version__, backend=backend, cpu_features=tuple(features), n_batch=N_BATCH,
+                 n_ubatch=N_UBATCH, flash_attn=FLASH_ATTN, gpu_layers=gpu_layers)
 
 
 @dataclass(frozen=True)
 class GenerationResult:
     text: str
     prompt_tokens: int
-    completion_tokens: int
+    #: The generated token ids (the end-of-sequence token excluded): what a seat is paid for.
+    tokens: tuple[int, ...]
     finish_reason: FinishReason
-    output_hash: str
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def output_hash(self) -> bytes:
+        """What the seat signs: keccak256(keccak256(text) || keccak256(tokens)) (mesh.protocol)."""
+        return output_hash(self.text, self.tokens)
 
 
 class Generation:
@@ -96,6 +127,7 @@ class InferenceEngine(Protocol):
     model_path: str
     n_ctx: int
     slot: EngineSlot
+    build: Build
 
     def count_prompt_tokens(self, request: Sampling) -> int: ...
 
@@ -151,12 +183,16 @@ class LlamaCppEngine:
             n_threads=n_threads,
             n_threads_batch=n_threads,
             n_gpu_layers=n_gpu_layers,
+            n_batch=N_BATCH,
+            n_ubatch=N_UBATCH,
+            flash_attn=FLASH_ATTN,
             verbose=False,
         )
         self.n_ctx = self._llama.n_ctx()
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.slot = EngineSlot(1)
+        self.build = build_of(n_gpu_layers)
         self._lock = threading.Lock()
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._chat_formatter = self._make_chat_formatter()
@@ -222,8 +258,9 @@ class LlamaCppEngine:
     ) -> Generator[str, None, GenerationResult]:
         llama, is_eog, vocab = self._llama, self._llama_cpp.llama_vocab_is_eog, self._vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopScanner(request.stop)
         pieces: list[str] = []
-        completion_tokens = 0
+        generated: list[int] = []
         finish_reason: FinishReason = "length"
         with self._lock:
             self._fresh_state()
@@ -238,7 +275,7 @@ class LlamaCppEngine:
                 repeat_penalty=SAMPLER_REPEAT_PENALTY,
             )
             try:
-                while completion_tokens < request.max_tokens:
+                while len(generated) < request.max_tokens:
                     # Checked before each decode step, so a cancel lands within one token.
                     if cancel.is_set():
                         finish_reason = "cancelled"
@@ -247,25 +284,39 @@ class LlamaCppEngine:
                     if is_eog(vocab, token):
                         finish_reason = "stop"
                         break
-                    completion_tokens += 1
-                    piece = decoder.decode(llama.detokenize([token]))
-                    if piece:
-                        pieces.append(piece)
-                        yield piece
+                    generated.append(token)
+                    safe, stopped = stops.feed(decoder.decode(self.piece(token)))
+                    if safe:
+                        pieces.append(safe)
+                        yield safe
+                    if stopped:
+                        finish_reason = "stop"
+                        break
             finally:
                 tokens.close()
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            yield tail
-        text = "".join(pieces)
-        return GenerationResult(
-            text=text,
-            prompt_tokens=len(prompt),
-            completion_tokens=completion_tokens,
-            finish_reason=finish_reason,
-            output_hash=output_hash(text),
-        )
+        if not stops.stopped:
+            tail, _ = stops.feed(decoder.decode(b"", final=True))
+            tail += stops.flush()
+            if tail:
+                pieces.append(tail)
+                yield tail
+        return GenerationResult(text="".join(pieces), prompt_tokens=len(prompt), tokens=tuple(generated),
+                                finish_reason=finish_reason)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain `text` (no BOS, special tokens as plain text)."""
+        return self._llama.tokenize(text.encode(), add_bos=False, special=False)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token, as the output is built from them (one token at a time)."""
+        return self._llama.detokenize([token])
+
+    def text_of(self, tokens: Sequence[int], stop: Sequence[str] = ()) -> str:
+        """The text a seat must have produced from `tokens`: each token's bytes in turn, decoded as
+        UTF-8 (invalid bytes replaced), cut before the first stop string. A jury checks a seat's
+        claimed text against this."""
+        text = b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+        return StopScanner.cut(text, stop)
 
     def close(self) -> None:
         with self._lock:

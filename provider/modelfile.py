@@ -165,5 +165,6 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
 def manifest_for(info: ModelInfo, **fields: Any) -> Manifest:
     """An unsigned manifest whose model fields come from the GGUF file itself; `fields` give the
     rest (price, peer id, addresses, hardware, provider, issued_at...)."""
+    fields.setdefault("context_length", info.context_length)
     return Manifest(model_id=info.name, model_sha256=info.sha256, architecture=info.architecture,
-                    quantization=info.quantization, context_length=info.context_length, **fields)
+                    quantization=info.quantization, **fields)

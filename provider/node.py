@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +24,12 @@ from pathlib import Path
 
 import trio
 from eth_account.signers.local import LocalAccount
+from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from mesh.chain import Chain
 from mesh.errors import ContextOverflowError, InferenceError, P2PError, ProtocolError
+from mesh.files import append_durable
 from mesh.market import ResultClaim
 from mesh.p2p import Node, Session
 from mesh.protocol import (
@@ -41,7 +42,9 @@ from mesh.protocol import (
     ManifestRequest,
     ResultFrame,
     TokenFrame,
-    error_frame,
+    canonical_json,
+    output_hash,
+    pack_tokens,
 )
 from provider.claims import Claim, ClaimKeeper
 from provider.engine import Generation, InferenceEngine
@@ -57,7 +60,8 @@ CLOSED_JOB = b"\x00" * 31 + b"\x01"
 
 
 class JobGate:
-    """On-chain admission: is this request a paid, open job for this provider? (synchronous)"""
+    """On-chain admission: is this request a paid, drawn, open job with this provider in its seat?
+    (synchronous)"""
 
     def __init__(self, chain: Chain, provider: str, model_hash: bytes) -> None:
         self.chain = chain
@@ -65,16 +69,17 @@ class JobGate:
         self.model_hash = model_hash
         self.delivery_window = chain.deployment.params.delivery_window
         self.market = chain.market.address
-        self._selector = "0x" + keccak(text="jobHashes(bytes32)")[:4].hex()
+        self._selector = "0x" + keccak(text="jobSlot(address,uint8)")[:4].hex()
 
-    def _job_hash_and_time(self, job_id: bytes) -> tuple[bytes, int]:
-        """jobHashes(jobId) and the latest block's timestamp, in ONE JSON-RPC
-        batch of raw calls: this check sits before every first token, and a web3 contract
-        call costs ~5 ms of Python where the raw round trip costs ~1 ms."""
+    def _slot_and_time(self, consumer: str, slot: int) -> tuple[bytes, int]:
+        """The consumer's job slot on-chain and the latest block's timestamp, in ONE JSON-RPC batch
+        of raw calls: this check sits before every first token, and a web3 contract call costs
+        ~5 ms of Python where the raw round trip costs ~1 ms."""
+        data = self._selector + abi_encode(["address", "uint8"], [consumer, slot]).hex()
         try:
             block, stored = self.chain.w3.provider.make_batch_request([
                 ("eth_getBlockByNumber", ["latest", False]),
-                ("eth_call", [{"to": self.market, "data": self._selector + job_id.hex()}, "latest"]),
+                ("eth_call", [{"to": self.market, "data": data}, "latest"]),
             ])
             return bytes.fromhex(stored["result"][2:]), int(block["result"]["timestamp"], 16)
         except (KeyError, TypeError, ValueError) as exc:
@@ -82,31 +87,33 @@ class JobGate:
 
     def check(self, req: InferRequest, remote_address: str) -> None:
         job = req.job
-        if to_checksum_address(job.providers[req.index]) != self.provider:
-            raise ProtocolError("not_listed", f"provider #{req.index} of this job is {job.providers[req.index]}, not {self.provider}")
+        if job.seats[req.seat] != self.provider:
+            raise ProtocolError("not_listed", f"seat #{req.seat} of this job is {job.seats[req.seat]}, not {self.provider}")
         if to_checksum_address(remote_address) != job.consumer:
             raise ProtocolError("wrong_consumer", "only the job's consumer may request it: connect with the consumer's key")
         if job.model_hash != self.model_hash:
-            raise ProtocolError("wrong_model", f"this provider serves model 0x{self.model_hash.hex()}, the job is for 0x{job.model_hash.hex()}")
+            raise ProtocolError("wrong_model", f"this provider serves model 0x{self.model_hash.hex()}, "
+                                               f"the job is for 0x{job.model_hash.hex()}")
         if req.sampling.max_tokens != job.max_tokens:
-            raise ProtocolError("mismatch", f"sampling.max_tokens {req.sampling.max_tokens} differs from the job's {job.max_tokens}")
+            raise ProtocolError("mismatch", f"sampling.max_tokens {req.sampling.max_tokens} differs from the job's "
+                                            f"{job.max_tokens}")
         if req.sampling.prompt_hash(job.model_hash) != job.prompt_hash:
-            raise ProtocolError("mismatch", "the request does not hash to the job's promptHash: send exactly what was hashed at openJob")
-        stored, now = self._job_hash_and_time(req.job_id)
-        if stored == b"\x00" * 32:
-            raise ProtocolError("unpaid", "no such job on-chain: open it (escrow the payment) before sending the request")
-        if stored == CLOSED_JOB:
-            raise ProtocolError("unpaid", "the job is already settled")
+            raise ProtocolError("mismatch", "the request does not hash to the job's promptHash: send exactly what "
+                                            "was hashed at openJob")
+        stored, now = self._slot_and_time(job.consumer, job.slot)
         if stored != job.hash():
-            raise ProtocolError("unpaid", "the job on-chain has other parameters (a replaced provider, other prices?): send the current job")
-        if now >= job.opened_at + self.delivery_window:
+            raise ProtocolError("unpaid", "no open job on-chain has these parameters (not opened, not drawn yet, "
+                                          "settled, or other seats): open and draw it, then send the current job")
+        if job.drawn_at == 0:
+            raise ProtocolError("unpaid", "the job's seats are not drawn yet: draw them (the escrow is taken then)")
+        if now >= job.drawn_at + self.delivery_window:
             raise ProtocolError("expired", "the job's delivery window has passed: open a new job")
-        # Escrow needs no separate check: a job hash is stored only after the registry took
-        # maxTokens * sum(prices) into escrow, and it stays there until the job closes.
+        # Escrow needs no separate check: the draw took maxTokens * priceCap per seat (and a jury
+        # reserve) into the vault, and it stays there until the job closes.
 
 
 class ServedJobs:
-    """Each (job, index) is computed once: a replayed request gets `replayed`, not a second run.
+    """Each (job, seat) is computed once: a replayed request gets `replayed`, not a second run.
 
     With a `path`, every claim is appended (and flushed) before compute, so a restart does not
     forget what was served. Entries of closed jobs are harmless: job ids are never reused.
@@ -128,10 +135,7 @@ class ServedJobs:
             if key in self._seen:
                 return False
             if self._path is not None:
-                with open(self._path, "a") as fh:
-                    fh.write(f"0x{job_id.hex()} {index}\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                append_durable(self._path, f"0x{job_id.hex()} {index}")  # on disk before the compute
             self._seen.add(key)
             return True
 
@@ -180,11 +184,11 @@ class ProviderService:
         except ProtocolError as exc:
             log.info("refused request from %s: %s (%s)", session.remote_address, exc.code, exc)
             raise
-        entry = JobLog(req.job_id, req.job.consumer, price=req.job.prices[req.index])
+        entry = JobLog(req.job_id, req.job.consumer, price=req.job.prices[req.seat])
         if not self.engine.slot.try_acquire():
             raise ProtocolError("busy", "all inference slots are taken: try another provider or retry")
         try:
-            if not self.served.claim(req.job_id, req.index):
+            if not self.served.claim(req.job_id, req.seat):
                 raise ProtocolError("replayed", "this job was already served by this provider")
             await self._serve(session, req, entry, t0)
         finally:
@@ -207,14 +211,17 @@ class ProviderService:
             entry.outcome = "cancelled: consumer went away"
             return
         text, result = streamed
-        out_hash = keccak(text.encode("utf-8"))
+        out_hash = output_hash(text, result.tokens)
         claim = ResultClaim(req.job_id, out_hash, result.completion_tokens).sign(
             self.account, self.gate.chain.chain_id, self.gate.chain.market.address)
         finish = "stop" if result.finish_reason == "stop" else "length"
         await session.send(ResultFrame(output_hash=out_hash, token_count=result.completion_tokens,
-                                       signature=claim.signature, finish_reason=finish).to_wire())
+                                       tokens=pack_tokens(result.tokens), signature=claim.signature,
+                                       finish_reason=finish).to_wire())
         if self.claims is not None:
-            self.claims.add(Claim(req.job_id, req.job, req.index, out_hash, result.completion_tokens))
+            self.claims.add(Claim(req.job_id, req.job, req.seat, out_hash, result.completion_tokens,
+                                  text_hash=keccak(text.encode("utf-8")), tokens=pack_tokens(result.tokens),
+                                  request=canonical_json(req.sampling.request(req.job.model_hash))))
         entry.tokens = result.completion_tokens
         entry.total_ms = (time.perf_counter() - t0) * 1000
         entry.outcome = "served"

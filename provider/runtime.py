@@ -23,18 +23,22 @@ from eth_account.signers.local import LocalAccount
 from mesh import config
 from mesh.chain import Chain
 from mesh.errors import ConfigError
-from mesh.market import MarketClient
+from mesh.market import MAX_PRICE, MarketClient, group_id
 from mesh.p2p import Node, peer_id_for_key
 from mesh.protocol import PROTOCOL_VERSION
-from provider.engine import LlamaCppEngine, default_model_path
+from provider.engine import LlamaCppEngine, build_of, default_model_path
 from mesh.protocol import Hardware, Manifest
 from provider.modelfile import file_sha256, manifest_for, model_info
 from provider.claims import ClaimKeeper
+from provider.court import CourtKeeper
+from provider.judge import LazyJudge
 from provider.node import JobGate, JobLog, ProviderService, ServedJobs
 
 log = logging.getLogger("meshmarket.provider")
 
 DEFAULT_PORT = 4001  # the libp2p convention
+#: The engine's context unless --ctx says otherwise (capped by what the model was trained for).
+DEFAULT_CTX = 2048
 #: Room for a consumer's new connection while its previous one is still registered.
 SERVER_CONNECTIONS_PER_PEER = 4
 
@@ -49,6 +53,10 @@ class ProviderSettings:
     threads: int
     gpu_layers: int
     manifest: dict
+    #: The context the engine runs with (the manifest's context_length).
+    ctx: int = DEFAULT_CTX
+    #: The private mesh joined (None: the open market).
+    group: str | None = None
 
     @staticmethod
     def path(address: str) -> Path:
@@ -97,11 +105,15 @@ def resolve_model(model: str) -> Path:
 
 
 def build_manifest(account: LocalAccount, model_path: Path, price: int, host: str, port: int, threads: int,
-                   gpu_layers: int) -> Manifest:
+                   gpu_layers: int, ctx: int = DEFAULT_CTX) -> Manifest:
+    """The signed manifest: model fields from the GGUF file, the context the engine will run with,
+    this machine's build and hardware."""
     info = model_info(model_path)
     peer_id = peer_id_for_key(bytes(account.key))
     return manifest_for(
         info,
+        context_length=min(ctx, info.context_length),
+        build=build_of(gpu_layers),
         price_per_token=price,
         peer_id=peer_id,
         multiaddrs=(f"/ip4/{host}/tcp/{port}",),
@@ -129,23 +141,31 @@ def endpoint_of(manifest: Manifest) -> str:
 
 
 def register_provider(chain: Chain, account: LocalAccount, model: str, price: int, stake: int, *,
-                      host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 1,
-                      gpu_layers: int = 0) -> ProviderSettings:
+                      host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 1, gpu_layers: int = 0,
+                      ctx: int = DEFAULT_CTX, group: str | None = None,
+                      announce: str | None = None) -> ProviderSettings:
+    """Register (or re-register) this account for the model file's pool: the open market, or the
+    private mesh `group` names. `announce` is the address peers dial when it differs from `host`
+    (a node listening on 0.0.0.0 behind its public address)."""
     if price <= 0:
         raise ConfigError("the price must be a positive number of base units per output token", "pass --price N")
+    if price > MAX_PRICE:
+        raise ConfigError(f"the price must be at most {MAX_PRICE} base units per output token", "pass a lower --price")
     if stake < 0:
         raise ConfigError("the stake cannot be negative", "pass --stake N")
+    if ctx < 16:
+        raise ConfigError("the context must be at least 16 tokens", "pass a larger --ctx")
     model_path = resolve_model(model)
-    manifest = build_manifest(account, model_path, price, host, port, threads, gpu_layers)
+    manifest = build_manifest(account, model_path, price, announce or host, port, threads, gpu_layers, ctx)
     mc = MarketClient(chain)
     if stake:
         chain.require_balance(account.address, stake, "staking")
     mc.register(account, bytes.fromhex(manifest.model_sha256[2:]), bytes.fromhex(manifest.manifest_hash()[2:]), price,
-                endpoint_of(manifest))
+                endpoint_of(manifest), group=group_id(group))
     if stake:
         mc.stake(account, stake)
     settings = ProviderSettings(account.address, str(model_path), price, host, port, threads, gpu_layers,
-                                manifest.to_dict())
+                                manifest.to_dict(), manifest.context_length, group)
     settings.save()
     return settings
 
@@ -153,8 +173,9 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
 def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *,
                  on_ready: Callable[[str, list[str]], None] | None = None,
                  on_job: Callable[[JobLog], None] | None = None, on_claim: Callable[[str], None] | None = None,
-                 claim_poll: float = 15.0, engine=None) -> None:
-    """Serve until SIGINT/SIGTERM. `engine` may be passed in (tests and benchmarks reuse one)."""
+                 claim_poll: float = 15.0, engine=None, judge=None) -> None:
+    """Serve until SIGINT/SIGTERM; keep every served job's claim and do jury duty meanwhile.
+    `engine` and `judge` may be passed in (tests and benchmarks reuse them)."""
     manifest = Manifest.parse(settings.manifest)
     if manifest.verify() != account.address:
         raise ConfigError("the saved manifest is not signed by this account", "run `mesh provider register` again")
@@ -165,20 +186,27 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
                           "run `mesh provider register` again")
     if file_sha256(settings.model_path) != manifest.model_sha256:
         raise ConfigError(f"{settings.model_path} changed since registration", "run `mesh provider register` again")
-    engine = engine or LlamaCppEngine(settings.model_path, n_threads=settings.threads, n_gpu_layers=settings.gpu_layers)
+    if manifest.build is not None and manifest.build != build_of(settings.gpu_layers):
+        raise ConfigError("llama.cpp or its settings changed since registration (the manifest declares another build)",
+                          "run `mesh provider register` again")
+    engine = engine or LlamaCppEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
+                                      n_gpu_layers=settings.gpu_layers)
     state = config.home() / f"provider-{account.address}"
     state.mkdir(exist_ok=True)
     keeper = ClaimKeeper(chain, account, on_event=on_claim, path=state / "claims.json")
+    court = CourtKeeper(chain, account, judge or LazyJudge(settings.model_path), on_event=on_claim,
+                        path=state / "court.json")
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
                               served=ServedJobs(state / "served.log"), on_job=on_job, claims=keeper)
 
     async def watch_claims() -> None:
         while True:
             await trio.sleep(claim_poll)
-            try:
-                await trio.to_thread.run_sync(keeper.tick)
-            except Exception:  # a chain hiccup must not stop the node; the next tick retries
-                log.exception("claim keeping failed")
+            for duty in (keeper.tick, court.tick):
+                try:
+                    await trio.to_thread.run_sync(duty)
+                except Exception:  # a chain hiccup must not stop the node; the next tick retries
+                    log.exception("%s failed", duty.__qualname__)
 
     async def main() -> None:
         async with Node.start(bytes(account.key), settings.port, listen_ip=settings.host,
