@@ -1,4 +1,5 @@
-"""`mesh`: the root command group. Each group lives in cli/<group>.py.
+"""`mesh`: the root command group. Each group lives in cli/<group>.py and is imported only when it
+runs (`mesh ask` does not pay for the ledger's or the provider's imports).
 
 Errors: library code raises MeshError subclasses; this root group turns them into one line
 ("Error: <what> — <what to do>") and exit code 1, never a traceback.
@@ -6,14 +7,38 @@ Errors: library code raises MeshError subclasses; this root group turns them int
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from cli import account, chain, consumer, contracts, demo, ledger, provider, token
 from mesh import __version__
 from mesh.errors import MeshError
 
+#: command name -> "module:attribute" of its click command or group.
+COMMANDS = {
+    "chain": "cli.chain:chain",
+    "contracts": "cli.contracts:contracts",
+    "token": "cli.token:token",
+    "account": "cli.account:account",
+    "provider": "cli.provider:provider",
+    "ask": "cli.consumer:ask",
+    "models": "cli.consumer:models",
+    "settle": "cli.consumer:settle",
+    "ledger": "cli.ledger:ledger",
+    "demo": "cli.demo:demo",
+}
+
 
 class MeshGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -21,17 +46,26 @@ class MeshGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except BaseExceptionGroup as group:
+            # trio (and libp2p's nurseries) wrap what a task raised: show the error itself.
+            leaf = _first_leaf(group)
+            if isinstance(leaf, MeshError):
+                raise click.ClickException(str(leaf)) from group
+            if isinstance(leaf, KeyboardInterrupt):
+                raise click.Abort() from None
+            raise
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 @click.group(cls=MeshGroup)
 @click.version_option(__version__, prog_name="mesh")
 def main() -> None:
-    """Meshmarket: a peer-to-peer market for LLM inference, verified three ways on-chain."""
-
-
-for _group in (chain.chain, contracts.contracts, token.token, account.account, provider.provider,
-               consumer.ask, consumer.models, consumer.settle, ledger.ledger, demo.demo):
-    main.add_command(_group)
+    """Meshmarket: a peer-to-peer market for LLM inference, verified on-chain by seats nobody chooses."""
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ class Contest:
     @classmethod
     def from_event(cls, c) -> Contest:
         """From JobContested's `contest` argument (a tuple or a dict)."""
-        if isinstance(c, dict):
+        if hasattr(c, "keys"):  # a dict, or web3's AttributeDict
             c = (c["outputs"], c["counts"], c["present"], c["slashed"], c["provisional"], c["contestedAt"],
                  c["locks"])
         return cls(tuple(bytes(o) for o in c[0]), tuple(int(n) for n in c[1]), int(c[2]), int(c[3]), int(c[4]),
