@@ -82,13 +82,13 @@ class MeshNet:
         p = ProviderProc(index, home, free_port())
         cmd = [sys.executable, "-m", "cli", "provider", "register", "--model", "default", "--price", str(price),
                "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}", *extra]
-        out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
             raise RuntimeError(f"provider register failed: {out.stdout}{out.stderr}")
         self.providers[index] = p
         return p
 
-    def start(self, index: int, *extra: str, timeout: float = 120.0, cheater: bool = False,
+    def start(self, index: int, *extra: str, timeout: float = 300.0, cheater: bool = False,
               on_line: Callable[[int, str], None] | None = None) -> ProviderProc:
         p = self.providers[index]
         entry = ["-m", "cli.devnet", "cheat"] if cheater else ["-m", "cli", "provider", "start"]
@@ -202,10 +202,13 @@ class MeshNet:
 
 
 def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
-                  on_line: Callable[[int, str], None] | None = None, register: tuple[str, ...] = ()) -> MeshNet:
-    """Register (with `register` options) and start (with `extra` options) providers dev:N at the
-    given prices, in parallel where it helps."""
+                  on_line: Callable[[int, str], None] | None = None, groups: dict[int, str] | None = None,
+                  stakes: dict[int, int] | None = None) -> MeshNet:
+    """Register and start providers dev:N at the given prices, in parallel where it helps: each in
+    the open market unless `groups` names its private mesh, staking `stakes[N]` base units (100
+    MESH by default); `extra` options go to every `mesh provider start`."""
     net = MeshNet(root)
+    groups, stakes = groups or {}, stakes or {}
     try:
         from provider.engine import default_model_path
         from provider.modelfile import file_sha256
@@ -213,7 +216,9 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
-        _parallel([lambda i=i, p=p: net.register(i, p, 100 * MESH, False, *register) for i, p in prices.items()])
+        _parallel([lambda i=i, p=p: net.register(i, p, stakes.get(i, 100 * MESH), False,
+                                                 *(("--group", groups[i]) if i in groups else ()))
+                   for i, p in prices.items()])
         _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:

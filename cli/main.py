@@ -12,7 +12,7 @@ import importlib
 import click
 
 from mesh import __version__
-from mesh.errors import MeshError
+from mesh.errors import MeshError, sole_error
 
 #: command name -> "module:attribute" of its click command or group.
 COMMANDS = {
@@ -26,6 +26,8 @@ COMMANDS = {
     "settle": "cli.consumer:settle",
     "ledger": "cli.ledger:ledger",
     "demo": "cli.demo:demo",
+    "devnet": "cli.localnet:devnet",
+    "serve": "cli.gateway:serve",
 }
 
 
@@ -48,18 +50,13 @@ class MeshGroup(click.Group):
             raise click.Abort() from None
         except BaseExceptionGroup as group:
             # trio (and libp2p's nurseries) wrap what a task raised: show the error itself.
-            leaf = _first_leaf(group)
+            leaf = sole_error(group)
             if isinstance(leaf, MeshError):
                 raise click.ClickException(str(leaf)) from group
             if isinstance(leaf, KeyboardInterrupt):
                 raise click.Abort() from None
             raise
 
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 @click.group(cls=MeshGroup)

@@ -21,6 +21,7 @@ from consumer.query import AskOptions, Query
 from consumer.receipt import Receipt
 from consumer.settlement import settle_pending
 from mesh.chain import Chain
+from mesh.errors import sole_error
 from mesh.market import MarketClient
 from mesh.p2p import Node
 from mesh.protocol import Sampling
@@ -65,7 +66,10 @@ class Asker:
             async with Node.start(bytes(self.account.key)) as node:
                 return await self.ask_on(node, self.sampling(messages, opts), model_hash, offers, opts, on_token)
 
-        return trio.run(run)
+        try:
+            return trio.run(run)
+        except BaseExceptionGroup as group:
+            raise sole_error(group) from None
 
     async def ask_on(self, node: Node, sampling: Sampling, model_hash: bytes, offers: Sequence[Offer],
                      opts: AskOptions, on_token: Callable[[str], None] | None = None) -> Receipt:

@@ -21,8 +21,8 @@ from mesh.errors import ChainError, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Anvil's ten funded dev accounts come from this well-known mnemonic; their keys are public,
-#: so they are accepted only on the local chain (chain id 31337).
+#: Anvil's funded dev accounts come from this well-known mnemonic; their keys are public, so they
+#: are accepted only on the local chain (chain id 31337).
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 
@@ -65,10 +65,12 @@ def rpc_call(url: str, method: str, params: list | None = None, timeout: float =
 class AnvilProcess:
     proc: subprocess.Popen
     port: int
+    #: The address clients connect to (loopback when Anvil listens on every interface).
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc.poll() is None:
@@ -87,14 +89,21 @@ class AnvilProcess:
 
 
 def start_anvil(port: int | None = None, *, ready_timeout: float = 15.0, detach: bool = False,
-                log_path: Path | None = None, chain_id: int = 31337) -> AnvilProcess:
-    """Start Anvil on 127.0.0.1:port (a free port when None) and wait until it answers."""
+                log_path: Path | None = None, chain_id: int = 31337, block_time: float | None = None,
+                host: str = "127.0.0.1") -> AnvilProcess:
+    """Start Anvil on host:port (a free port when None) and wait until it answers. Its dev
+    accounts (mesh.keys.DEV_ACCOUNT_COUNT) are funded with ETH. `block_time`: mine a block every
+    so many seconds (a chain with a real block time) instead of one per transaction."""
     port = port or free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
+        if s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0:  # taken
             raise ConfigError(f"port {port} is already in use", "pick another with --port, or stop what runs there")
-    cmd = [str(find_anvil()), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
-           "--chain-id", str(chain_id)]
+    from mesh.keys import DEV_ACCOUNT_COUNT
+
+    cmd = [str(find_anvil()), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC,
+           "--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNT_COUNT)]
+    if block_time:
+        cmd += ["--block-time", str(block_time)]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -102,7 +111,7 @@ def start_anvil(port: int | None = None, *, ready_timeout: float = 15.0, detach:
     finally:
         if log_path:
             out.close()
-    handle = AnvilProcess(proc, port)
+    handle = AnvilProcess(proc, port, "127.0.0.1" if host in ("0.0.0.0", "") else host)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -164,3 +164,11 @@ class ProviderFailed(QueryError):
         super().__init__(message)
         self.code = code
         self.provider = provider
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups (trio and libp2p's nurseries wrap what a
+    task raised), or `exc` itself when it holds several or is not a group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -22,7 +22,7 @@ from mesh.errors import KeystoreError
 
 Account.enable_unaudited_hdwallet_features()
 
-DEV_ACCOUNT_COUNT = 10
+DEV_ACCOUNT_COUNT = 20
 #: Keystores use scrypt with eth-account's defaults (n=2^18): slow on purpose against guessing.
 #: Tests may lower it through MESH_KDF_N; never set that for real keys.
 _DEFAULT_KDF_N = 2**18

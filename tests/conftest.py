@@ -188,15 +188,26 @@ def served(served_session):
         yield s
 
 
+#: The devnet's pools. The open market: three honest providers (every job seats all three) and a
+#: spare registered without stake (never drawn until a test stakes it). The "court" mesh: two
+#: honest providers and a cheater (its jobs seat all three) and two honest jurors whose price is
+#: above the tests' cap (never seated), with full stake: a dispute's jury is always these two.
+OPEN_POOL, SPARE = (1, 2, 3), 11
+COURT, COURT_CHEATER, JURORS = (4, 7, 8), 7, (9, 10)
+
+
 @pytest.fixture(scope="session")
 def meshnet():
-    """A private mesh: its own Anvil, and providers dev:1..dev:4 (price 10) running as separate
-    processes started through the CLI. Tests open fresh jobs; nothing is reverted under them."""
+    """A local market: its own Anvil, and provider processes started through the CLI in two pools
+    (OPEN_POOL + SPARE, and the "court" mesh COURT + JURORS). Tests open fresh jobs; nothing is
+    reverted under them, and a test that changes a pool restores it."""
     from cli.devnet import start_meshnet, temp_root
 
-    # 1-3 honest; 4 honest and dearer (the spare); 7 and 8 cheaters; 9 cheapest, killed by a test.
-    net = start_meshnet(temp_root(), {1: 10, 2: 10, 3: 10, 4: 11, 7: 10, 8: 10, 9: 9}, cheaters=(7, 8),
-                        extra=("--claim-poll", "0.5"))
+    prices = {**dict.fromkeys((*OPEN_POOL, SPARE, *COURT), 10), **dict.fromkeys(JURORS, 1000)}
+    groups = dict.fromkeys((*COURT, *JURORS), "court")
+    stakes = {SPARE: 0}
+    net = start_meshnet(temp_root(), prices, cheaters=(COURT_CHEATER,), extra=("--claim-poll", "0.5"),
+                        groups=groups, stakes=stakes)
     for c in (5, 6):
         net.fund(c)
         net.chain.ensure_allowance(dev_account(c), net.deployment.registry, 10**15)

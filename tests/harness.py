@@ -25,13 +25,18 @@ from mesh.errors import ProviderFailed
 from mesh.keys import dev_account
 from mesh.market import MarketClient
 from mesh.p2p import Node
-from mesh.protocol import Hardware, InferRequest, Manifest, Sampling
-from provider.engine import EngineSlot
+from mesh.protocol import PROTOCOL_VERSION, Hardware, InferRequest, Job, Manifest, Sampling
+from provider.claims import ClaimKeeper
+from provider.engine import EngineSlot, build_of
 from provider.modelfile import manifest_for, model_info
 from provider.node import JobGate, ProviderService, ServedJobs
 
 CONSUMER = dev_account(5)
 PRICE = 10
+#: The providers of the served deployment (dev accounts), all in the open pool of the real model.
+PROVIDERS = (1, 2, 3, 4)
+#: What each of them stakes (tests/conftest.py served_session), and restakes to be drawn again.
+STAKE = 10**9
 
 
 class OwnSlot:
@@ -49,7 +54,8 @@ class OwnSlot:
 
 @dataclass
 class Served:
-    """A deployment where dev:1..dev:4 offer the real model (its sha256) at PRICE, staked."""
+    """A deployment where dev:1..dev:4 offer the real model (its sha256) at PRICE, staked, in the
+    open pool."""
 
     chain: Chain
     mc: MarketClient
@@ -63,20 +69,52 @@ class Served:
         self.rpc("evm_increaseTime", [seconds])
         self.rpc("evm_mine")
 
-    def open(self, sampling: Sampling, idx: Sequence[int] = (1, 2, 3), consumer: LocalAccount = CONSUMER):
-        job_id, job, _ = self.mc.open_job(consumer, self.model_hash, sampling.prompt_hash(self.model_hash),
-                                          sampling.max_tokens, 20, [dev_account(i).address for i in idx],
-                                          approve=False)
+    def open(self, sampling: Sampling, pool: Sequence[int] = (1, 2, 3), consumer: LocalAccount = CONSUMER,
+             price_cap: int = 20) -> tuple[bytes, Job]:
+        """Open and draw a job for `sampling` whose seats are exactly the providers dev:i, i in
+        `pool` (three of them: the others' stake is set thawing first, so the draw cannot pick
+        them, and a member of `pool` whose stake thaws from an earlier call stakes again; the
+        session is reverted after the test). Seat order is the draw's: use `job.seat_of(address)`
+        or `request(job, i, sampling)`."""
+        job_id, job = self.open_undrawn(sampling, pool, consumer, price_cap)
+        job, _ = self.mc.draw_seats(consumer, job)
+        assert {job.seat_of(dev_account(i).address) for i in pool} == {0, 1, 2}, job.seats
         return job_id, job
+
+    def open_undrawn(self, sampling: Sampling, pool: Sequence[int] = (1, 2, 3), consumer: LocalAccount = CONSUMER,
+                     price_cap: int = 20) -> tuple[bytes, Job]:
+        """`open` without the draw: the job as openJob stored it (no seats yet); the pool is set
+        so that `mc.draw_seats` seats exactly `pool`."""
+        self.only(pool)
+        job_id, job, _ = self.mc.open_job(consumer, self.model_hash, sampling.prompt_hash(self.model_hash),
+                                          sampling.max_tokens, price_cap, approve=False)
+        return job_id, job
+
+    def only(self, pool: Sequence[int]) -> None:
+        """Make dev:i, i in `pool`, the only providers the draw can pick (free stake for them, all
+        stake thawing for the others)."""
+        for i in PROVIDERS:
+            acct = self.mc.account(dev_account(i).address)
+            free = acct["stake"] - acct["locked"]
+            if i not in pool and free > 0:
+                self.mc.request_unstake(dev_account(i), free)
+            elif i in pool and free == 0:
+                self.mc.stake(dev_account(i), STAKE)
+
+    def request(self, job: Job, index: int, sampling: Sampling) -> InferRequest:
+        """The request for provider dev:index's seat in `job`."""
+        seat = job.seat_of(dev_account(index).address)
+        assert seat is not None, f"dev:{index} is not a seat of this job"
+        return InferRequest(job.job_id, job, seat, sampling)
 
 
 def signed_manifest(account: LocalAccount, model_path: str) -> Manifest:
     from mesh.p2p import peer_id_for_key
 
     return manifest_for(model_info(model_path), price_per_token=PRICE, peer_id=peer_id_for_key(bytes(account.key)),
-                        multiaddrs=("/ip4/127.0.0.1/tcp/1",), protocol_version="1",
+                        multiaddrs=("/ip4/127.0.0.1/tcp/1",), protocol_version=str(PROTOCOL_VERSION),
                         hardware=Hardware(cpu_threads=1, gpu_name="", gpu_memory_mb=0, gpu_layers=0),
-                        provider=account.address, issued_at=1).sign(account)
+                        build=build_of(), provider=account.address, issued_at=1).sign(account)
 
 
 @dataclass
@@ -88,6 +126,12 @@ class Running:
     node: Node
     service: ProviderService
     log: list
+
+    @property
+    def claims(self) -> ClaimKeeper:
+        """What it keeps of every job it served (provider.claims), on disk in its state directory."""
+        assert self.service.claims is not None
+        return self.service.claims
 
     @property
     def peer_id(self) -> str:
@@ -105,7 +149,9 @@ Body = Callable[[Node, dict[int, Running]], Awaitable[object]]
 def providers(served: Served, engine, state: Path, idx: Sequence[int] = (1, 2, 3, 4),
               consumer: LocalAccount = CONSUMER) -> Iterator[Callable[[Body], object]]:
     """`run(body)` starts providers dev:i (i in idx) and the consumer's node in one trio run,
-    awaits `body(consumer_node, {i: Running})` and stops everything."""
+    awaits `body(consumer_node, {i: Running})` and stops everything. Each provider keeps its state
+    (served.log, claims.json) in `state`/p<i>: a second `providers(...)` on the same `state` is the
+    same providers restarted."""
     engines = {i: OwnSlot(engine) for i in idx}
 
     def run(body: Body) -> object:
@@ -133,11 +179,13 @@ class _started:
             acct = dev_account(i)
             node = await self._exit.enter_async_context(Node.start(bytes(acct.key), max_connections_per_peer=4))
             log: list = []
-            (self.state / f"p{i}").mkdir(parents=True, exist_ok=True)
+            home = self.state / f"p{i}"
+            home.mkdir(parents=True, exist_ok=True)
             service = ProviderService(acct, self.engines[i], JobGate(self.served.chain, acct.address,
                                                                      self.served.model_hash),
-                                      self.served.manifests[i], served=ServedJobs(self.state / f"p{i}" / "served.log"),
-                                      on_job=log.append)
+                                      self.served.manifests[i], served=ServedJobs(home / "served.log"),
+                                      on_job=log.append,
+                                      claims=ClaimKeeper(self.served.chain, acct, path=home / "claims.json"))
             service.attach(node)
             running[i] = Running(i, acct, node, service, log)
         return running

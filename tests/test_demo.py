@@ -4,6 +4,7 @@ and leave nothing running, also when interrupted with Ctrl-C."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,10 +31,10 @@ def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
     return alive
 
 
-def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home, tmp_path):
+def test_demo_end_to_end_shows_the_cheater_judged_and_slashed(mesh_home, tmp_path):
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "w") as o, open(err, "w") as e:  # files, not pipes: nothing blocks the demo
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "8",
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "16",
                                  "--question", "What is two plus two?", "--question", "Name a colour."],
                                 stdout=o, stderr=e, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
         started: set[int] = set()
@@ -45,10 +46,17 @@ def test_demo_end_to_end_shows_the_cheater_slashed(mesh_home, tmp_path):
     r = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
-    assert "agreement 2/3" in out and "slashed (disagreed)" in out  # the cheater is outvoted
-    assert "final balances" in out and "provider (cheater)" in out
+    # The cheater was drawn, outvoted, disputed, judged by the jury and slashed; honest seats paid.
+    assert "contested  agreement 2/3" in out and "closed: judged" in out
+    (row,) = [ln for ln in out.splitlines() if " cheater " in ln and "MESH" in ln and ln.lstrip()[0].isdigit()][:1]
+    assert row.split()[-2:] == ["1.000000", "MESH"]  # its slashed (burned) lock
+    assert "vote committed" in out and "vote revealed" in out
+    final = out[out.index("final balances"):]
+    (cheater,) = [ln for ln in final.splitlines() if "provider (cheater)" in ln]
+    stake = int(re.findall(r"([\d,]+\.\d{6}) MESH", cheater)[1].replace(",", "").replace(".", ""))
+    assert stake < 100_000_000 and (100_000_000 - stake) % 1_000_000 == 0  # lost a 1 MESH lock per job caught
     assert "Traceback" not in out + r.stderr
-    assert len(started) >= 5, "expected Anvil and four providers"
+    assert len(started) >= 6, "expected Anvil and five providers"
     assert not _wait_gone(started), "the demo left processes running"
 
 
@@ -62,7 +70,7 @@ def test_demo_ctrl_c_shuts_everything_down(mesh_home):
         if line.startswith("== query 1"):
             break
     started = _descendants(proc.pid)
-    assert len(started) >= 5, "expected Anvil and four providers running"  # Anvil + 4 providers
+    assert len(started) >= 6, "expected Anvil and five providers running"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest

@@ -672,9 +672,11 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         // Who pays the jury: the disputer's bond when its dispute changed nothing in its favour,
         // else the consumer's jury reserve (verification is part of the price of a market).
         uint256 seat = _presentSeatOf(job, c, d.disputer);
-        bool won = slashed & c.present != 0
-            || (seat < SEATS && paid & (1 << seat) != 0 && c.provisional & (1 << seat) == 0)
-            || (d.disputer == job.consumer && c.provisional & ~paid != 0);
+        uint256 own = seat < SEATS ? 1 << seat : 0;
+        // A disputer found wrong itself never wins, whatever else the jury found.
+        bool won = slashed & own == 0
+            && (slashed & c.present & ~own != 0 || (own != 0 && paid & own != 0 && c.provisional & own == 0)
+                || (d.disputer == job.consumer && c.provisional & ~paid != 0));
         uint256 share = _juryFee(job) / jurors;
         uint256 revealed = (d.revealed & 1) + ((d.revealed >> 1) & 1) + ((d.revealed >> 2) & 1);
         Contest memory judged = c;
