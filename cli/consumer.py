@@ -61,7 +61,8 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
                                  param_hint="--stop")
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
-    say = (lambda m: click.echo(m, err=True)) if not as_json else (lambda m: None)
+    out = _Stream(quiet=as_json)
+    say = out.status
     settle_pending(chain, acct, on_event=say)  # move on what an earlier run left open
     model_hash = _model_hash(model)
     opts = AskOptions(max_tokens=max_tokens, max_price=max_price, temperature_milli=round(temperature * 1000),
@@ -73,21 +74,25 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
     _approve_escrow(chain, acct, asker, opts, yes)
     messages = ([("system", system)] if system else []) + [("user", prompt)]
 
-    def stream(text: str) -> None:
-        if not as_json:
-            click.echo(text, nl=False)
-            sys.stdout.flush()
-
+    before = {p.job_id for p in asker.journal.pending()}
     try:
-        receipt = asker.ask(messages, model_hash, offers, opts, on_token=stream)
+        receipt = asker.ask(messages, model_hash, offers, opts, on_token=out.token)
         if selector.synced:
             selector.sync()  # record this job's outcome for the next query
+    except KeyboardInterrupt:
+        out.end()
+        opened = [p for p in asker.journal.pending() if p.job_id not in before]
+        click.echo("interrupted" + (f": job 0x{opened[0].job_id.hex()} stays open on-chain and in your journal; "
+                                    "seats that delivered are paid and the rest of the escrow returns to your credit "
+                                    "when it settles: run `mesh settle` (it says when)" if opened else
+                                    ": no job was opened, nothing was spent"), err=True)
+        raise SystemExit(130) from None
     finally:
         selector.close()
     if as_json:
         echo_json(receipt.as_dict())
     else:
-        click.echo()
+        out.end()
         if receipt.streamed != receipt.text and receipt.text:
             click.secho("\n[the streamed answer is not the one the results support; that one is:]", bold=True)
             click.echo(receipt.text)
@@ -95,6 +100,34 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
     if receipt.outcome == "refunded":
         raise QueryError("no seat returned a valid result: nobody was paid and your escrow was refunded",
                          "ask again: other seats are drawn")
+
+
+class _Stream:
+    """The answer on stdout as it streams; status lines on stderr, each on a line of its own even
+    when they come mid-answer."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.open_line = False
+
+    def token(self, text: str) -> None:
+        if not self.quiet and text:
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+            self.open_line = not text.endswith("\n")
+
+    def status(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.open_line:
+            click.echo()
+            self.open_line = False
+        click.echo(message, err=True)
+
+    def end(self) -> None:
+        if self.open_line:
+            click.echo()
+            self.open_line = False
 
 
 def _approve_escrow(chain, acct, asker, opts, yes: bool) -> None:
@@ -123,7 +156,8 @@ def _approve_escrow(chain, acct, asker, opts, yes: bool) -> None:
 
 def print_receipt(r) -> None:
     fp = f"  build {r.system_fingerprint}" if r.system_fingerprint else ""
-    click.secho(f"\njob 0x{r.job_id.hex()}  {r.outcome}  agreement {r.agreement}{fp}", bold=True)
+    cut = "  finish: length (cut at --max-tokens)" if r.finish_reason == "length" else ""
+    click.secho(f"\njob 0x{r.job_id.hex()}  {r.outcome}  agreement {r.agreement}{fp}{cut}", bold=True)
     rows = []
     for s in r.slots:
         ft = "-" if s.first_token_ms != s.first_token_ms else f"{s.first_token_ms:.0f}"

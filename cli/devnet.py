@@ -55,9 +55,9 @@ class ProviderProc:
 
 
 class MeshNet:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, block_time: float | None = None) -> None:
         self.root = root
-        self.anvil: AnvilProcess = start_anvil()
+        self.anvil: AnvilProcess = start_anvil(block_time=block_time)
         self.url = self.anvil.url
         w3 = connect(self.url)
         self.deployment = deploy(w3, dev_account(0), self.url, MarketParams())
@@ -203,11 +203,12 @@ class MeshNet:
 
 def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
                   on_line: Callable[[int, str], None] | None = None, groups: dict[int, str] | None = None,
-                  stakes: dict[int, int] | None = None) -> MeshNet:
+                  stakes: dict[int, int] | None = None, block_time: float | None = None) -> MeshNet:
     """Register and start providers dev:N at the given prices, in parallel where it helps: each in
     the open market unless `groups` names its private mesh, staking `stakes[N]` base units (100
-    MESH by default); `extra` options go to every `mesh provider start`."""
-    net = MeshNet(root)
+    MESH by default); `extra` options go to every `mesh provider start`. `block_time`: Anvil mines
+    every so many seconds instead of once per transaction."""
+    net = MeshNet(root, block_time)
     groups, stakes = groups or {}, stakes or {}
     try:
         from provider.engine import default_model_path

@@ -36,7 +36,7 @@ from mesh.errors import ChainError, ProviderFailed
 from mesh.market import OUTCOMES, ZERO32, Contest
 from mesh.p2p import Node
 from mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
-from mesh.types import format_amount
+from mesh.types import format_amount, format_when
 
 MANIFEST_TIMEOUT = 5.0
 #: A pool this small is dialled while the job opens (its seats are among it).
@@ -276,8 +276,9 @@ class Query:
                 self.slots[i].status = self.slots[i].status or "no result"
             p = self.asker.chain.deployment.params
             deadline = self.job.drawn_at + p.delivery_window + p.claim_window
-            self.asker.on_event(f"{len(missing)} seat(s) did not answer: the job settles after their claim window "
-                                f"(chain time {deadline}); run `mesh settle` then (any later `mesh ask` does it too)")
+            when = format_when(deadline, self.asker.chain.pending_time())
+            self.asker.on_event(f"{len(missing)} seat(s) did not answer: the job settles after their claim window, "
+                                f"{when}; run `mesh settle` then (any later `mesh ask` does it too)")
         else:
             try:
                 refund, settled, kind = self._settle_on_chain(outcome)
@@ -288,9 +289,12 @@ class Query:
         self.timings["total"] = (time.perf_counter() - self.t_start) * 1000
         builds = {a: m.build.fingerprint if m.build else "" for a, m in self.manifests.items()}
         answering = {builds.get(self.job.seats[i], "") for i in outcome.seats}
+        answer = self.answers[outcome.seats[0]].result if outcome.seats else None
         return Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, self.slots, self.job.held, refund,
                        self.gas, self.timings, settled, "".join(self.streamed), outcome=kind, builds=builds,
-                       system_fingerprint=answering.pop() if len(answering) == 1 else "")
+                       system_fingerprint=answering.pop() if len(answering) == 1 else "",
+                       finish_reason=answer.finish_reason if answer else "",
+                       prompt_tokens=answer.prompt_tokens if answer else 0)
 
     def _settle_on_chain(self, outcome: Outcome) -> tuple[int, bool, str]:
         a = self.asker

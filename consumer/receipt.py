@@ -43,6 +43,10 @@ class Receipt:
     builds: dict[str, str] = field(default_factory=dict)
     #: The build of the answer's seats when they all declared the same one (OpenAI's system_fingerprint).
     system_fingerprint: str = ""
+    #: Why the answer ended: "stop" (the model or a stop string ended it) or "length" (max tokens).
+    finish_reason: str = ""
+    #: The prompt's length in tokens, as the answer's seat counted it.
+    prompt_tokens: int = 0
 
     @property
     def paid(self) -> int:
@@ -52,7 +56,8 @@ class Receipt:
         return {
             "job_id": "0x" + self.job_id.hex(), "model_hash": "0x" + self.model_hash.hex(),
             "agreement": self.agreement, "outcome": self.outcome, "settled": self.settled, "text": self.text,
-            "system_fingerprint": self.system_fingerprint or None,
+            "system_fingerprint": self.system_fingerprint or None, "finish_reason": self.finish_reason or None,
+            "prompt_tokens": self.prompt_tokens,
             "providers": [{"index": s.index, "address": s.provider, "price": s.price, "tokens": s.tokens,
                            "paid": s.paid, "slashed": s.slashed, "agreed": s.agreed, "status": s.status,
                            "build": self.builds.get(s.provider) or None,

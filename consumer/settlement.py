@@ -26,6 +26,7 @@ from mesh.chain import Chain
 from mesh.config import MarketParams
 from mesh.errors import ChainError
 from mesh.market import OUTCOMES, JobState, MarketClient, job_state
+from mesh.types import format_when
 
 #: The blocks during which a block's hash can be read on-chain (a draw's seed).
 BLOCKHASH_REACH = 256
@@ -128,7 +129,8 @@ def _advance(chain: Chain, account: LocalAccount, journal: Journal, pj: PendingJ
                 return {"job_id": "0x" + pj.job_id.hex(), "action": "failed", "error": str(exc)}
         else:
             if action.kind == "wait":
-                say(f"{short}: {action.why} (chain time {action.at})" if action.at else f"{short}: {action.why}")
+                when = f" {format_when(action.at, chain.pending_time())}" if action.at else ""
+                say(f"{short}: {action.why}{when}; `mesh settle` then")
                 return {"job_id": "0x" + pj.job_id.hex(), "action": "wait", "why": action.why, "at": action.at}
             say(f"{short}: {action.kind}: {action.why}")
             state = job_state(chain, pj.job_id, from_block=pj.job.open_block) or state

@@ -466,6 +466,14 @@ class InferRequest(WireModel):
         # (pydantic also calls this from model_validate, with keywords only.)
         super().__init__(**dict(zip(("job_id", "job", "seat", "sampling"), args)), **data)
 
+    @model_validator(mode="after")
+    def _own_job(self) -> InferRequest:
+        # A seat signs Result(job_id, ...): it must be the id of the job it checks and computes,
+        # or a consumer could get an answer to one job signed as another's.
+        if self.job_id != self.job.job_id:
+            raise ValueError("job_id is not the job's id (keccak256(abi.encode(consumer, openBlock, slot)))")
+        return self
+
     @classmethod
     def parse(cls, obj: Any, where: str | None = None, code: str = "bad_request") -> InferRequest:
         if not isinstance(obj, dict) or obj.get("type") != "infer":
@@ -497,6 +505,9 @@ class ResultFrame(WireModel):
                       WithJsonSchema({"type": "string", "pattern": "^0x([0-9a-fA-F]{8})*$"})] = b""
     signature: Signature
     finish_reason: Literal["stop", "length"] = "stop"
+    #: The prompt's length in the model's tokens, as the provider counted it (informational: not
+    #: signed; a consumer reports it as usage).
+    prompt_tokens: Annotated[Int, Field(ge=0)] = 0
 
 
 class ErrorFrame(WireModel):

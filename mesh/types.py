@@ -36,3 +36,16 @@ def parse_amount(text: str) -> int:
     if len(frac) > TOKEN_DECIMALS:
         raise ValueError(f"{text!r} has more than {TOKEN_DECIMALS} decimals")
     return int(whole or "0") * 10**TOKEN_DECIMALS + int(frac.ljust(TOKEN_DECIMALS, "0") or "0")
+
+
+def format_when(at: int, now: int) -> str:
+    """A chain time as people read it: 'in 9 min 58 s (16:55:02 UTC)', or '... ago'."""
+    import datetime
+
+    delta = at - now
+    span = abs(delta)
+    parts = [f"{span // 86400} d" if span >= 86400 else "", f"{span % 86400 // 3600} h" if span >= 3600 else "",
+             f"{span % 3600 // 60} min" if span >= 60 else "", f"{span % 60} s"]
+    text = " ".join(x for x in parts if x)
+    clock = datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"in {text} ({clock})" if delta >= 0 else f"{text} ago ({clock})"

@@ -217,7 +217,7 @@ class ProviderService:
         finish = "stop" if result.finish_reason == "stop" else "length"
         await session.send(ResultFrame(output_hash=out_hash, token_count=result.completion_tokens,
                                        tokens=pack_tokens(result.tokens), signature=claim.signature,
-                                       finish_reason=finish).to_wire())
+                                       finish_reason=finish, prompt_tokens=result.prompt_tokens).to_wire())
         if self.claims is not None:
             self.claims.add(Claim(req.job_id, req.job, req.seat, out_hash, result.completion_tokens,
                                   text_hash=keccak(text.encode("utf-8")), tokens=pack_tokens(result.tokens),

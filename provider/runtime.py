@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import signal
@@ -155,6 +156,14 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
         raise ConfigError("the stake cannot be negative", "pass --stake N")
     if ctx < 16:
         raise ConfigError("the context must be at least 16 tokens", "pass a larger --ctx")
+    dialled = announce or host
+    try:
+        ipaddress.IPv4Address(dialled)
+    except ValueError:
+        raise ConfigError(f"{dialled!r} is not an IPv4 address", "pass --host (and --announce) as a.b.c.d") from None
+    if ipaddress.IPv4Address(dialled).is_unspecified:
+        raise ConfigError(f"{dialled} is not an address peers can dial (it means 'every interface')",
+                          "pass --announce with this machine's address on the network the consumers use")
     model_path = resolve_model(model)
     manifest = build_manifest(account, model_path, price, announce or host, port, threads, gpu_layers, ctx)
     mc = MarketClient(chain)
