@@ -32,7 +32,7 @@ from consumer.client import Answer, fetch_manifest, run_job
 from consumer.discovery import Offer
 from consumer.journal import PendingJob
 from consumer.receipt import Receipt, SlotReport
-from mesh.errors import ChainError, ProviderFailed
+from mesh.errors import ChainError, ProviderFailed, QueryError
 from mesh.market import OUTCOMES, ZERO32, Contest
 from mesh.p2p import Node
 from mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
@@ -41,6 +41,8 @@ from mesh.types import format_amount, format_when
 MANIFEST_TIMEOUT = 5.0
 #: A pool this small is dialled while the job opens (its seats are among it).
 PREDIAL_POOL = 8
+#: Refusals that are about the request, not the provider: another seat would refuse it too.
+REQUEST_FAULTS = frozenset({"context_overflow", "too_large", "bad_request", "mismatch", "wrong_model"})
 
 
 @dataclass
@@ -126,6 +128,8 @@ class Query:
     def __post_init__(self) -> None:
         self.t_start = time.perf_counter()
         self.pending: PendingJob | None = None
+        #: A seat's refusal of the request itself (REQUEST_FAULTS), if any.
+        self.request_fault: ProviderFailed | None = None
         self.seat_lock = trio.Lock()
         #: Seats whose request has been admitted (or refused) by their provider: a seat may be
         #: added only when none is in flight, since adding one changes the job they check.
@@ -217,6 +221,13 @@ class Query:
                 if exc.code == "unpaid" and job_sent is not self.job and not retried:
                     retried = True  # a seat was added while this request travelled: resend the job
                     continue
+                if exc.code in REQUEST_FAULTS:
+                    # The request itself is refused: every seat would refuse it, so adding one would
+                    # only cost gas. The job settles without results (refunded) after its claim window.
+                    self.request_fault = exc
+                    self.slots[seat].status = f"refused ({exc.code})"
+                    self.asker.on_event(f"seat #{seat} refused the request: {exc}")
+                    return
                 seat = await self._failed(seat, exc)
                 retried = False
                 continue
@@ -267,6 +278,12 @@ class Query:
 
     def settle(self) -> Receipt:
         """Compare, then settle on-chain if every seat answered (synchronous: after the node stopped)."""
+        if self.request_fault is not None and not self.answers:
+            p = self.asker.chain.deployment.params
+            when = format_when(self.job.drawn_at + p.delivery_window + p.claim_window, self.asker.chain.pending_time())
+            raise QueryError(f"the seats refused the request: {self.request_fault}",
+                             f"change the request; the escrow of job 0x{self.job_id.hex()} returns to your credit "
+                             f"when it settles without results ({when}: `mesh settle`)")
         outcome = compare(self.answers)
         missing = [i for i in range(self.job.seat_count) if i not in self.answers]
         refund, settled, kind = 0, False, outcome.kind

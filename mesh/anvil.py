@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Anvil's funded dev accounts come from this well-known mnemonic; their keys are public, so they
 #: are accepted only on the local chain (chain id 31337).
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
+#: How many of them Anvil funds (and `dev:N` may name).
+DEV_ACCOUNT_COUNT = 20
 
 
 def _platform_package() -> str:
@@ -98,8 +100,6 @@ def start_anvil(port: int | None = None, *, ready_timeout: float = 15.0, detach:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         if s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0:  # taken
             raise ConfigError(f"port {port} is already in use", "pick another with --port, or stop what runs there")
-    from mesh.keys import DEV_ACCOUNT_COUNT
-
     cmd = [str(find_anvil()), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC,
            "--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNT_COUNT)]
     if block_time:

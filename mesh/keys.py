@@ -17,12 +17,11 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
 from mesh import config
-from mesh.anvil import DEV_MNEMONIC
+from mesh.anvil import DEV_ACCOUNT_COUNT, DEV_MNEMONIC
 from mesh.errors import KeystoreError
 
 Account.enable_unaudited_hdwallet_features()
 
-DEV_ACCOUNT_COUNT = 20
 #: Keystores use scrypt with eth-account's defaults (n=2^18): slow on purpose against guessing.
 #: Tests may lower it through MESH_KDF_N; never set that for real keys.
 _DEFAULT_KDF_N = 2**18
