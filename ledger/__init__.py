@@ -5,8 +5,9 @@
     ledger.indexer.Indexer(ledger, chain).sync()
                                          the registry's and market's events -> rows, in batches
     Ledger.record_observation(...)       what this node saw off-chain (failures, timeouts, latency)
-    Ledger.candidates(model, cap, n)     who could take a job now
-    Reputation(ledger).rank_providers()  score and rank providers for a job
+    Ledger.add_local_account(address)    this node's own consumer address (its jobs anchor reputation)
+    Ledger.candidates(model, cap, n)     who a job could draw now
+    Reputation(ledger).scores()          a score per provider (ledger/reputation.py; rules in ledger/outcomes.py)
 
 The ledger never sends transactions. See docs/LEDGER.md.
 """
@@ -16,30 +17,35 @@ from sqlalchemy.engine import make_url
 from ledger.database import default_url, make_engine
 from ledger.evidence import Evidence
 from ledger.migrate import upgrade
+from ledger.outcomes import JOB_STATUSES, OPEN_MARKET, SEAT_OUTCOMES
 from ledger.records import (
     BatchResult,
     ChainEvent,
     ChainIdentity,
     Cursor,
+    DisputeRow,
     EarningsRow,
     JobProvider,
     JobRow,
+    JurorRow,
     ManifestRow,
     ObservationKind,
     PeerRow,
     ProviderRow,
     RegistryParams,
+    SeatRow,
     SlashRow,
 )
-from ledger.reputation import DEFAULT_POLICY, Ranked, Reputation, ReputationPolicy, Score
+from ledger.reputation import DEFAULT_POLICY, Ranked, Reputation, ReputationPolicy, Score, doubts
 from ledger.sql import SqlLedger
 from ledger.store import Ledger
 from mesh.errors import LedgerError
 
 __all__ = [
-    "BatchResult", "ChainEvent", "ChainIdentity", "Cursor", "DEFAULT_POLICY", "EarningsRow", "Evidence",
-    "JobProvider", "JobRow", "Ledger", "ManifestRow", "ObservationKind", "PeerRow", "ProviderRow", "Ranked",
-    "RegistryParams", "Reputation", "ReputationPolicy", "Score", "SlashRow", "default_url", "open_ledger",
+    "BatchResult", "ChainEvent", "ChainIdentity", "Cursor", "DEFAULT_POLICY", "DisputeRow", "EarningsRow", "Evidence",
+    "JOB_STATUSES", "JobProvider", "JobRow", "JurorRow", "Ledger", "ManifestRow", "OPEN_MARKET", "ObservationKind",
+    "PeerRow", "ProviderRow", "Ranked", "RegistryParams", "Reputation", "ReputationPolicy", "SEAT_OUTCOMES", "Score",
+    "SeatRow", "SlashRow", "default_url", "doubts", "open_ledger",
 ]
 
 

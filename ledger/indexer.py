@@ -38,7 +38,10 @@ REGISTRY_EVENTS = (
     "ProviderRegistered", "ProviderDeregistered", "Staked", "UnstakeRequested", "StakeWithdrawn",
     "EarningsWithdrawn", "Slashed", "Deposited", "CreditWithdrawn",
 )
-MARKET_EVENTS = ("JobOpened", "ProviderReplaced", "ResultCommitted", "ResultRevealed", "JobSettled")
+MARKET_EVENTS = (
+    "JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested", "DisputeOpened",
+    "JuryDrawn", "EvidencePosted", "VoteCommitted", "VoteRevealed", "JobSettled", "JuryPaid",
+)
 #: Public RPC providers commonly cap eth_getLogs at 2k-10k blocks; 2,000 works nearly everywhere
 #: and keeps one batch's transaction short.
 DEFAULT_BATCH_BLOCKS = 2_000
@@ -63,62 +66,90 @@ def _hex(v: Any) -> str:
     return "0x" + _to_bytes(v).hex()
 
 
-def _normalize(abi_type: str, value: Any) -> Any:
-    """eth_abi values -> JSON-able ones: checksummed addresses, 0x hex for bytes, lists for arrays."""
-    if abi_type.endswith("]"):
-        inner = abi_type[: abi_type.rindex("[")]
-        return [_normalize(inner, v) for v in value]
-    if abi_type == "address":
+def _array(abi_type: str) -> tuple[str, int | None] | None:
+    """(element type, length or None) of an array type; None for a non-array."""
+    if not abi_type.endswith("]"):
+        return None
+    i = abi_type.rindex("[")
+    n = abi_type[i + 1 : -1]
+    return abi_type[:i], int(n) if n else None
+
+
+def _normalize(inp: Mapping[str, Any], value: Any) -> Any:
+    """eth_abi values -> JSON-able ones: checksummed addresses, 0x hex for bytes, lists for arrays,
+    dicts (by component name) for structs. `inp` is the ABI input (type and components)."""
+    t = inp["type"]
+    arr = _array(t)
+    if arr is not None:
+        return [_normalize({**inp, "type": arr[0]}, v) for v in value]
+    if t == "tuple":
+        return {c["name"]: _normalize(c, v) for c, v in zip(inp["components"], value)}
+    if t == "address":
         return checksum(value)
-    if abi_type.startswith("bytes"):
+    if t.startswith("bytes"):
         return "0x" + bytes(value).hex()
     return value
 
 
-def _static_words(abi_type: str) -> int | None:
-    """32-byte words a static ABI type occupies in place; None for dynamic (or tuple) types."""
-    if abi_type.endswith("]"):
-        base, n = abi_type[: abi_type.rindex("[")], abi_type[abi_type.rindex("[") + 1 : -1]
-        words = _static_words(base) if n else None
-        return None if words is None else words * int(n)
-    if abi_type in ("string", "bytes") or abi_type.startswith("("):
+def _static_words(inp: Mapping[str, Any]) -> int | None:
+    """32-byte words a static ABI type occupies in place; None for a dynamic type."""
+    t = inp["type"]
+    arr = _array(t)
+    if arr is not None:
+        words = _static_words({**inp, "type": arr[0]}) if arr[1] is not None else None
+        return None if words is None else words * arr[1]
+    if t == "tuple":
+        parts = [_static_words(c) for c in inp["components"]]
+        return None if any(p is None for p in parts) else sum(parts)
+    if t in ("string", "bytes"):
         return None
     return 1
 
 
-def _reader(abi_type: str, offset: int = 0) -> Callable[[bytes], Any]:
+def _reader(inp: Mapping[str, Any], offset: int = 0) -> Callable[[bytes], Any]:
     """A function reading one static value at `offset` of ABI-encoded data, already normalized
     (see `_normalize`). Built once per event type, so decoding a log is a few slices."""
-    if abi_type.endswith("]"):
-        base, n = abi_type[: abi_type.rindex("[")], int(abi_type[abi_type.rindex("[") + 1 : -1])
-        step = 32 * (_static_words(base) or 1)
-        readers = [_reader(base, offset + i * step) for i in range(n)]
+    t = inp["type"]
+    arr = _array(t)
+    if arr is not None:
+        elem = {**inp, "type": arr[0]}
+        step = 32 * (_static_words(elem) or 1)
+        readers = [_reader(elem, offset + i * step) for i in range(arr[1] or 0)]
         return lambda d: [r(d) for r in readers]
+    if t == "tuple":
+        fields = []
+        at = offset
+        for c in inp["components"]:
+            fields.append((c["name"], _reader(c, at)))
+            at += 32 * (_static_words(c) or 1)
+        return lambda d: {name: read(d) for name, read in fields}
     end = offset + 32
-    if abi_type.startswith("uint"):
+    if t.startswith("uint"):
         return lambda d: int.from_bytes(d[offset:end], "big")
-    if abi_type == "address":
+    if t == "address":
         start = offset + 12
         return lambda d: checksum("0x" + d[start:end].hex())
-    if abi_type.startswith("bytes"):
-        stop = offset + int(abi_type[5:])
+    if t.startswith("bytes"):
+        stop = offset + int(t[5:])
         return lambda d: "0x" + d[offset:stop].hex()
-    if abi_type == "bool":
+    if t == "bool":
         return lambda d: d[end - 1] == 1
-    if abi_type.startswith("int"):
+    if t.startswith("int"):
         return lambda d: int.from_bytes(d[offset:end], "big", signed=True)
-    raise ValueError(f"not a static ABI type: {abi_type}")
+    raise ValueError(f"not a static ABI type: {t}")
 
 
 @dataclass(frozen=True)
 class _EventSpec:
     contract: str
     name: str
-    indexed: tuple[tuple[str, str], ...]
-    data: tuple[tuple[str, str], ...]
+    #: The ABI inputs in the log's data, and their canonical types (for eth_abi).
+    data: tuple[Mapping[str, Any], ...]
+    types: tuple[str, ...]
     #: Readers for the indexed topics, and for the data when every field is static: slicing
     #: words is ~20x faster than eth_abi (and tested against it). Events with a dynamic field
-    #: (ProviderRegistered's endpoint string) decode their data with eth_abi.
+    #: (ProviderRegistered's endpoint, DisputeOpened's request, EvidencePosted's tokens) decode
+    #: their data with eth_abi.
     topic_readers: tuple[tuple[str, Callable[[bytes], Any]], ...]
     data_readers: tuple[tuple[str, Callable[[bytes], Any]], ...] | None
 
@@ -136,22 +167,26 @@ class EventDecoder:
             for item in abi:
                 if item.get("type") != "event" or item["name"] not in wanted:
                     continue
-                types = [collapse_if_tuple(dict(i)) for i in item["inputs"]]
-                topic = keccak(text=f"{item['name']}({','.join(types)})")
-                indexed = tuple((i["name"], t) for i, t in zip(item["inputs"], types) if i.get("indexed"))
-                data = tuple((i["name"], t) for i, t in zip(item["inputs"], types) if not i.get("indexed"))
-                data_readers = None
-                if all(_static_words(t) is not None for _, t in data):
-                    offsets = [0]
-                    for _, t in data:
-                        offsets.append(offsets[-1] + 32 * (_static_words(t) or 1))
-                    data_readers = tuple((n, _reader(t, o)) for (n, t), o in zip(data, offsets))
-                self.specs[topic] = _EventSpec(contract, item["name"], indexed, data,
-                                               tuple((n, _reader(t)) for n, t in indexed), data_readers)
+                self._add(contract, item)
                 wanted.discard(item["name"])
             if wanted:
                 raise LedgerError(f"the {contract} ABI has no event(s) {sorted(wanted)}",
                                   "the contracts and the ledger are out of step: rebuild the contracts")
+
+    def _add(self, contract: str, item: Mapping[str, Any]) -> None:
+        types = [collapse_if_tuple(dict(i)) for i in item["inputs"]]
+        topic = keccak(text=f"{item['name']}({','.join(types)})")
+        # Indexed values of static types are one word each (no event here indexes a dynamic one).
+        indexed = tuple((i["name"], _reader(i)) for i in item["inputs"] if i.get("indexed"))
+        data = tuple(i for i in item["inputs"] if not i.get("indexed"))
+        data_types = tuple(t for i, t in zip(item["inputs"], types) if not i.get("indexed"))
+        data_readers = None
+        if all(_static_words(i) is not None for i in data):
+            offsets = [0]
+            for i in data:
+                offsets.append(offsets[-1] + 32 * (_static_words(i) or 1))
+            data_readers = tuple((i["name"], _reader(i, o)) for i, o in zip(data, offsets))
+        self.specs[topic] = _EventSpec(contract, item["name"], data, data_types, indexed, data_readers)
 
     @classmethod
     def for_chain(cls, chain: Chain) -> EventDecoder:
@@ -171,15 +206,14 @@ class EventDecoder:
         contract = self.addresses.get(str(log["address"]).lower())
         if spec is None or contract != spec.contract:
             return None
-        # Indexed values of static types are one word each.
         args: dict[str, Any] = {name: read(topic) for (name, read), topic in zip(spec.topic_readers, topics[1:])}
         data = _to_bytes(log["data"])
         if spec.data_readers is not None:
             for name, read in spec.data_readers:
                 args[name] = read(data)
         else:
-            for (name, t), v in zip(spec.data, abi_decode([t for _, t in spec.data], data)):
-                args[name] = _normalize(t, v)
+            for inp, v in zip(spec.data, abi_decode(list(spec.types), data)):
+                args[inp["name"]] = _normalize(inp, v)
         if block_time is None:
             ts = log.get("blockTimestamp")
             if ts is None:
@@ -286,7 +320,8 @@ class Indexer:
         start = self._start_block()
         parent = _hex(self.w3.eth.get_block(start - 1)["hash"]) if start > 0 else "0x" + "00" * 32
         fns = self.chain.registry.functions
-        params = RegistryParams(min_job_lock=int(fns.minJobLock().call()), collateral_ratio=int(fns.collateralRatio().call()))
+        params = RegistryParams(min_job_lock=int(fns.minJobLock().call()), collateral_ratio=int(fns.collateralRatio().call()),
+                                max_lock_share=int(fns.maxLockShare().call()), weight_cap=int(fns.weightCap().call()))
         return self.ledger.init_cursor(identity, params, start, parent)
 
     # -- fetching

@@ -119,137 +119,190 @@ class Provider(Base):
     address: Mapped[str] = mapped_column(ADDRESS, primary_key=True)
     registered: Mapped[bool] = mapped_column(Boolean, default=False)
     model_hash: Mapped[str | None] = mapped_column(HASH)
+    #: Its pool's group (0x00..00: the open market), from its last registration.
+    group_id: Mapped[str | None] = mapped_column(HASH)
     manifest_hash: Mapped[str | None] = mapped_column(HASH)
     price: Mapped[int | None] = mapped_column(Amount)
     #: The libp2p multiaddr (…/p2p/<peer id>) the provider announced when it last registered.
     endpoint: Mapped[str | None] = mapped_column(String(256))
     stake: Mapped[int] = mapped_column(Amount, default=0)
-    #: Mirrors the registry's lock: sum of lockFor(maxTokens, price) over the provider's open jobs.
+    #: Mirrors the registry's lock: the locks of its seats in contested jobs (JobContested.locks).
     locked: Mapped[int] = mapped_column(Amount, default=0)
     thawing: Mapped[int] = mapped_column(Amount, default=0)
     thaw_ready_at: Mapped[int | None] = mapped_column(BigInteger)
     owed: Mapped[int] = mapped_column(Amount, default=0)
+    #: Everything credited to its earnings (seat pay and jury shares); jury_earned is the jury part.
     earned: Mapped[int] = mapped_column(Amount, default=0)
+    jury_earned: Mapped[int] = mapped_column(Amount, default=0)
     withdrawn: Mapped[int] = mapped_column(Amount, default=0)
     slashed: Mapped[int] = mapped_column(Amount, default=0)
+    #: Seats drawn, juries sat on.
     jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    jury_duties: Mapped[int] = mapped_column(BigInteger, default=0)
     registered_at: Mapped[int | None] = mapped_column(BigInteger)
     first_block: Mapped[int] = mapped_column(BigInteger)
     last_block: Mapped[int] = mapped_column(BigInteger)
-    # Discovery asks "who serves this model now, and at what price".
-    __table_args__ = (Index(None, "model_hash", "registered", "price"),)
+    # Discovery asks "who is in this pool now, and at what price".
+    __table_args__ = (Index(None, "model_hash", "group_id", "registered", "price"),)
 
 
 class Job(Base):
+    """A job as its market events describe it (JobMarket.Job, then its settlement)."""
+
     __tablename__ = "jobs"
     job_id: Mapped[str] = mapped_column(HASH, primary_key=True)
     consumer: Mapped[str] = mapped_column(ADDRESS)
+    #: The consumer's ring slot (0..15) that held it.
+    slot: Mapped[int] = mapped_column(SmallInteger)
     model_hash: Mapped[str] = mapped_column(HASH, index=True)
+    group_id: Mapped[str] = mapped_column(HASH)
     prompt_hash: Mapped[str] = mapped_column(HASH)
     max_tokens: Mapped[int] = mapped_column(BigInteger)
     price_cap: Mapped[int] = mapped_column(Amount)
+    #: JobOpened's block (the job's openBlock) and its time.
+    open_block: Mapped[int] = mapped_column(BigInteger)
     opened_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    opened_block: Mapped[int] = mapped_column(BigInteger)
-    escrow: Mapped[int] = mapped_column(Amount)
-    status: Mapped[str] = mapped_column(String(8))
+    drawn_at: Mapped[int | None] = mapped_column(BigInteger)
+    seed: Mapped[str | None] = mapped_column(HASH)
+    seat_count: Mapped[int] = mapped_column(SmallInteger, default=0)
+    #: What it holds in the vault: maxTokens * priceCap * (max(3, seats) + 1), 0 before the draw.
+    escrow: Mapped[int] = mapped_column(Amount, default=0)
+    status: Mapped[str] = mapped_column(String(10))
     outcome: Mapped[str | None] = mapped_column(String(12))
+    #: The agreed or provisional output, when an event carried it (a contest, or reveals).
     output_hash: Mapped[str | None] = mapped_column(HASH)
+    #: Bit sets of seats: valid results (JobSettled), the provisional majority and the seats
+    #: slashed before any jury (JobContested), the seats slashed in the end (JobSettled).
+    present: Mapped[int | None] = mapped_column(SmallInteger)
+    provisional: Mapped[int | None] = mapped_column(SmallInteger)
+    lied: Mapped[int | None] = mapped_column(SmallInteger)
+    slash_mask: Mapped[int | None] = mapped_column(SmallInteger)
+    contested_at: Mapped[int | None] = mapped_column(BigInteger)
     refund: Mapped[int | None] = mapped_column(Amount)
     settled_at: Mapped[int | None] = mapped_column(BigInteger)
     settled_block: Mapped[int | None] = mapped_column(BigInteger)
+    #: This node was its consumer (local_accounts, or it recorded an observation of the job).
+    local: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (
-        CheckConstraint("status IN ('open', 'settled', 'refunded')", name="status"),
-        CheckConstraint("outcome IS NULL OR outcome IN ('majority', 'no_majority')", name="outcome"),
+        CheckConstraint("status IN ('open', 'drawn', 'contested', 'disputed', 'settled', 'refunded')", name="status"),
+        CheckConstraint("outcome IS NULL OR outcome IN ('agreed', 'provisional', 'judged', 'refunded')",
+                        name="outcome"),
+        CheckConstraint("slot BETWEEN 0 AND 15", name="slot"),
         Index(None, "consumer", "opened_at"),
         Index(None, "status", "opened_at"),
     )
 
 
-class JobSlot(Base):
-    """The provider currently in slot 0..2 of a job and the price the job locked for it."""
+class Seat(Base):
+    """One seat of a job: the drawn provider and its price, its claim (commit, reveal, contest),
+    its evidence before a jury, and its outcome, pay and reputation weight."""
 
-    __tablename__ = "job_providers"
+    __tablename__ = "seats"
     job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
-    idx: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    seat: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     provider: Mapped[str] = mapped_column(ADDRESS)
     price: Mapped[int] = mapped_column(Amount)
-    __table_args__ = (
-        CheckConstraint("idx BETWEEN 0 AND 2", name="idx"),
-        Index(None, "provider", "job_id"),
-    )
-
-
-class Replacement(Base):
-    """ProviderReplaced: the consumer swapped out a provider that failed, refused or stalled."""
-
-    __tablename__ = "replacements"
-    id: Mapped[int] = mapped_column(_id_type(), primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
-    idx: Mapped[int] = mapped_column(SmallInteger)
-    old_provider: Mapped[str] = mapped_column(ADDRESS, index=True)
-    new_provider: Mapped[str] = mapped_column(ADDRESS)
-    price: Mapped[int] = mapped_column(Amount)
-    block_number: Mapped[int] = mapped_column(BigInteger)
-    block_time: Mapped[int] = mapped_column(BigInteger)
-    tx_hash: Mapped[str] = mapped_column(HASH)
-    log_index: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (UniqueConstraint("tx_hash", "log_index"),)
-
-
-class Result(Base):
-    """One provider's result in one job: commitment and reveal (fallback path), then the outcome."""
-
-    __tablename__ = "results"
-    job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
-    idx: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    provider: Mapped[str] = mapped_column(ADDRESS)
+    added: Mapped[bool] = mapped_column(Boolean, default=False)
     commitment: Mapped[str | None] = mapped_column(HASH)
     revealed: Mapped[bool] = mapped_column(Boolean, default=False)
     output_hash: Mapped[str | None] = mapped_column(HASH)
     token_count: Mapped[int | None] = mapped_column(BigInteger)
+    #: Stake locked for it while the job was contested (JobContested.locks).
+    locked: Mapped[int] = mapped_column(Amount, default=0)
+    evidence_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    text_hash: Mapped[str | None] = mapped_column(HASH)
+    #: The chain shows it had a result: it committed, or a result of it was contested or settled.
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str | None] = mapped_column(String(12))
     paid: Mapped[int | None] = mapped_column(Amount)
-    #: First-token latency this node measured for this job (local, from observations).
+    #: Reputation evidence its outcome was worth (ledger/outcomes.py), decided when it was indexed.
+    weight: Mapped[float] = mapped_column(Double, default=0.0)
+    #: First-token latency this node measured for this seat (local, from observations).
     latency_ms: Mapped[int | None] = mapped_column(Integer)
-    outcome: Mapped[str | None] = mapped_column(String(8))
     settled_at: Mapped[int | None] = mapped_column(BigInteger)
     __table_args__ = (
-        CheckConstraint("idx BETWEEN 0 AND 2", name="idx"),
-        CheckConstraint("outcome IS NULL OR outcome IN ('agreed', 'dissent', 'missing', 'slashed')", name="outcome"),
+        CheckConstraint("seat BETWEEN 0 AND 4", name="seat"),
+        CheckConstraint("outcome IS NULL OR outcome IN ('agreed', 'provisional', 'minority', 'unconfirmed', 'passed', "
+                        "'soft_fail', 'hard_fail', 'slashed', 'missing')", name="outcome"),
         Index(None, "provider", "settled_at"),
+        Index(None, "provider", "job_id"),
+    )
+
+
+class Dispute(Base):
+    """A contested job's dispute: who posted the bond, the jury and how it was paid."""
+
+    __tablename__ = "disputes"
+    job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
+    disputer: Mapped[str] = mapped_column(ADDRESS, index=True)
+    bond: Mapped[int] = mapped_column(Amount)
+    #: keccak256 of the request it posted (the job's promptHash); the bytes stay in chain_events.
+    request_hash: Mapped[str] = mapped_column(HASH)
+    opened_block: Mapped[int] = mapped_column(BigInteger)
+    opened_at: Mapped[int] = mapped_column(BigInteger)
+    jury_at: Mapped[int | None] = mapped_column(BigInteger)
+    void: Mapped[bool] = mapped_column(Boolean, default=False)
+    share: Mapped[int | None] = mapped_column(Amount)
+    bond_refund: Mapped[int | None] = mapped_column(Amount)
+
+
+class Juror(Base):
+    """A juror drawn for a dispute: whether it committed and revealed, its votes, its pay."""
+
+    __tablename__ = "jurors"
+    job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    juror: Mapped[str] = mapped_column(ADDRESS)
+    committed: Mapped[bool] = mapped_column(Boolean, default=False)
+    revealed: Mapped[bool] = mapped_column(Boolean, default=False)
+    verdicts: Mapped[int | None] = mapped_column(Integer)
+    paid: Mapped[int | None] = mapped_column(Amount)
+    __table_args__ = (
+        CheckConstraint("idx BETWEEN 0 AND 2", name="idx"),
+        Index(None, "juror", "job_id"),
     )
 
 
 class Payment(Base):
+    """Earnings credited to a provider: a seat's pay (JobSettled) or a juror's share (JuryPaid)."""
+
     __tablename__ = "payments"
     id: Mapped[int] = mapped_column(_id_type(), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(ADDRESS)
+    kind: Mapped[str] = mapped_column(String(4))
     amount: Mapped[int] = mapped_column(Amount)
-    token_count: Mapped[int] = mapped_column(BigInteger)
+    token_count: Mapped[int | None] = mapped_column(BigInteger)
     block_number: Mapped[int] = mapped_column(BigInteger)
     block_time: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(HASH)
     log_index: Mapped[int] = mapped_column(Integer)
-    # One JobSettled log pays up to three distinct providers.
+    # One JobSettled log pays up to five distinct seats, one JuryPaid up to three jurors.
     __table_args__ = (
+        CheckConstraint("kind IN ('seat', 'jury')", name="kind"),
         UniqueConstraint("tx_hash", "log_index", "provider"),
         Index(None, "provider", "block_time"),
     )
 
 
 class Refund(Base):
-    """The part of a job's escrow credited back to its consumer at settlement."""
+    """Credit returned at a job's close: the unspent escrow to its consumer (JobSettled), or a
+    dispute bond to its disputer (JuryPaid)."""
 
     __tablename__ = "refunds"
     id: Mapped[int] = mapped_column(_id_type(), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(HASH, ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
     consumer: Mapped[str] = mapped_column(ADDRESS, index=True)
+    kind: Mapped[str] = mapped_column(String(6))
     amount: Mapped[int] = mapped_column(Amount)
     block_number: Mapped[int] = mapped_column(BigInteger)
     block_time: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(HASH)
     log_index: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (UniqueConstraint("tx_hash", "log_index"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('escrow', 'bond')", name="kind"),
+        UniqueConstraint("tx_hash", "log_index"),
+    )
 
 
 class Slash(Base):
@@ -280,6 +333,8 @@ class IndexerCursor(Base):
     market_address: Mapped[str] = mapped_column(ADDRESS)
     min_job_lock: Mapped[int] = mapped_column(Amount)
     collateral_ratio: Mapped[int] = mapped_column(BigInteger)
+    max_lock_share: Mapped[int] = mapped_column(BigInteger)
+    weight_cap: Mapped[int] = mapped_column(Amount)
     start_block: Mapped[int] = mapped_column(BigInteger)
     last_block: Mapped[int] = mapped_column(BigInteger)
     last_block_hash: Mapped[str] = mapped_column(HASH)
@@ -328,6 +383,14 @@ class Observation(Base):
     )
 
 
+class LocalAccount(Base):
+    """This node's own consumer addresses: their jobs are local (their committees anchor reputation)."""
+
+    __tablename__ = "local_accounts"
+    address: Mapped[str] = mapped_column(ADDRESS, primary_key=True)
+    added_at: Mapped[float] = mapped_column(Double)
+
+
 class ProviderReputation(Base):
     """Decayed evidence per provider (see ledger/reputation.py) and the last score computed from it.
 
@@ -340,10 +403,11 @@ class ProviderReputation(Base):
     half_life_s: Mapped[float] = mapped_column(Double)
     ref_time: Mapped[float] = mapped_column(Double)
     agreed: Mapped[float] = mapped_column(Double, default=0.0)
-    dissent: Mapped[float] = mapped_column(Double, default=0.0)
+    passed: Mapped[float] = mapped_column(Double, default=0.0)
     slashed: Mapped[float] = mapped_column(Double, default=0.0)
+    failed: Mapped[float] = mapped_column(Double, default=0.0)
+    minority: Mapped[float] = mapped_column(Double, default=0.0)
     missing: Mapped[float] = mapped_column(Double, default=0.0)
-    replaced: Mapped[float] = mapped_column(Double, default=0.0)
     timeouts: Mapped[float] = mapped_column(Double, default=0.0)
     connect_failures: Mapped[float] = mapped_column(Double, default=0.0)
     latency_sum: Mapped[float] = mapped_column(Double, default=0.0)
@@ -355,6 +419,6 @@ class ProviderReputation(Base):
 
 #: Tables whose rows come from the chain: `reset_chain_data` empties them (children first).
 CHAIN_TABLES = (
-    "payments", "refunds", "slashes", "replacements", "results", "job_providers", "jobs",
-    "providers", "chain_events", "indexer_cursor",
+    "payments", "refunds", "slashes", "jurors", "disputes", "seats", "jobs", "providers", "chain_events",
+    "indexer_cursor",
 )

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from eth_utils import is_address, to_checksum_address
 
+from ledger.outcomes import JOB_OUTCOMES, JOB_STATUSES, SEAT_OUTCOMES  # noqa: F401 — re-exported
 from mesh.config import lock_for
 
 @lru_cache(maxsize=1 << 16)
@@ -30,13 +31,10 @@ def checksum(address: str) -> str:
 ObservationKind = Literal["connect_failure", "timeout", "first_token"]
 OBSERVATION_KINDS: tuple[str, ...] = ("connect_failure", "timeout", "first_token")
 
-#: A job is `open` until JobSettled: `settled` when a majority agreed, `refunded` when none did.
-JobStatus = Literal["open", "settled", "refunded"]
-JOB_STATUSES: tuple[str, ...] = ("open", "settled", "refunded")
-
-#: One provider's part in a settled job, derived from JobSettled (see docs/LEDGER.md).
-ResultOutcome = Literal["agreed", "dissent", "missing", "slashed"]
-RESULT_OUTCOMES: tuple[str, ...] = ("agreed", "dissent", "missing", "slashed")
+#: A job's status and each seat's outcome: the vocabulary of ledger/outcomes.py (docs/LEDGER.md).
+JobStatus = Literal["open", "drawn", "contested", "disputed", "settled", "refunded"]
+SeatOutcome = Literal["agreed", "provisional", "minority", "unconfirmed", "passed", "soft_fail", "hard_fail",
+                      "slashed", "missing"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +65,22 @@ class ChainIdentity:
 
 @dataclass(frozen=True)
 class RegistryParams:
-    """The registry's immutables the ledger needs to mirror its stake locks exactly."""
+    """The registry's immutables the ledger needs to tell who a job could draw."""
 
     min_job_lock: int
     collateral_ratio: int
+    #: One job may lock at most free stake / max_lock_share: a seat draw skips providers below that.
+    max_lock_share: int = 4
+    #: Draw weight = min(free stake, weight_cap).
+    weight_cap: int = 100_000_000
 
     def lock_for(self, max_tokens: int, price: int) -> int:
         """ProviderRegistry.lockFor (mesh.config.lock_for)."""
         return lock_for(self.min_job_lock, self.collateral_ratio, max_tokens, price)
+
+    def can_back(self, max_tokens: int, price: int, free_stake: int) -> bool:
+        """ProviderRegistry._eligible's stake test: a seat's lock is at most free / maxLockShare."""
+        return self.lock_for(max_tokens, price) * self.max_lock_share <= free_stake
 
 
 @dataclass(frozen=True)
@@ -96,18 +102,25 @@ class ProviderRow:
     address: str
     registered: bool
     model_hash: str | None
+    #: Its pool's group: OPEN_MARKET (0x00..00) or a private mesh.
+    group: str | None
     manifest_hash: str | None
     price: int | None
     endpoint: str | None
     stake: int
+    #: Mirrors the registry: the locks of its seats in contested jobs.
     locked: int
     thawing: int
     thaw_ready_at: int | None
     owed: int
+    #: Everything credited to its earnings: seats paid plus jury shares (`jury_earned` of it).
     earned: int
+    jury_earned: int
     withdrawn: int
     slashed: int
+    #: Seats it was drawn into, and juries it sat on.
     jobs: int
+    jury_duties: int
     registered_at: int | None
     last_block: int
 
@@ -117,37 +130,98 @@ class ProviderRow:
 
 
 @dataclass(frozen=True)
-class JobProvider:
+class SeatRow:
+    """One seat of a job: who was drawn, what it claimed and what it got."""
+
     index: int
     provider: str
     price: int
+    #: Drawn by addSeat (not among the first three).
+    added: bool = False
     outcome: str | None = None
+    output_hash: str | None = None
     token_count: int | None = None
     paid: int | None = None
+    #: Stake locked for this seat while its job was contested (0 otherwise).
+    locked: int = 0
+    committed: bool = False
+    revealed: bool = False
+    evidence_posted: bool = False
+    #: Reputation evidence its outcome was worth to this node (ledger/outcomes.py).
+    weight: float = 0.0
     latency_ms: int | None = None
+
+
+#: The v1 name of a job's seat row.
+JobProvider = SeatRow
+
+
+@dataclass(frozen=True)
+class JurorRow:
+    job_id: str
+    index: int
+    juror: str
+    committed: bool
+    revealed: bool
+    #: The revealed vote: 2 bits per seat (0 pass, 1 soft fail, 2 hard fail).
+    verdicts: int | None
+    #: Its share of the jury's pay (0: it did not reveal; None: not resolved yet).
+    paid: int | None
+
+
+@dataclass(frozen=True)
+class DisputeRow:
+    job_id: str
+    disputer: str
+    bond: int
+    opened_block: int
+    opened_at: int
+    jury_at: int | None
+    #: No juror could be drawn: the provisional outcome stood and the bond returned.
+    void: bool
+    share: int | None
+    bond_refund: int | None
+    jurors: tuple[JurorRow, ...] = field(default=())
 
 
 @dataclass(frozen=True)
 class JobRow:
     job_id: str
     consumer: str
+    slot: int
     model_hash: str
+    group: str
     prompt_hash: str
     max_tokens: int
     price_cap: int
+    open_block: int
     opened_at: int
-    opened_block: int
+    drawn_at: int | None
+    seed: str | None
+    #: What the job holds in the vault: maxTokens * priceCap per seat (three at least) plus a jury
+    #: reserve of one more share (0 before the draw).
     escrow: int
     status: str
     outcome: str | None
+    #: The agreed (or provisional) output hash, when an event carried it.
     output_hash: str | None
+    present: int | None
+    slash_mask: int | None
+    contested_at: int | None
     refund: int | None
     settled_at: int | None
-    providers: tuple[JobProvider, ...] = field(default=())
+    #: This node's own job (it was the consumer): its agreements anchor reputation.
+    local: bool
+    seats: tuple[SeatRow, ...] = field(default=())
+    dispute: DisputeRow | None = None
 
     @property
     def paid(self) -> int:
-        return sum(p.paid or 0 for p in self.providers)
+        return sum(p.paid or 0 for p in self.seats)
+
+    @property
+    def providers(self) -> tuple[SeatRow, ...]:
+        return self.seats
 
 
 @dataclass(frozen=True)
@@ -156,6 +230,7 @@ class EarningsRow:
     jobs_paid: int
     tokens: int
     earned: int
+    jury: int
     withdrawn: int
     owed: int
     slashed: int

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ledger.evidence import Evidence
+from ledger.outcomes import OPEN_MARKET
 from ledger.records import (
     BatchResult,
     ChainEvent,
@@ -20,6 +21,7 @@ from ledger.records import (
     Cursor,
     EarningsRow,
     JobRow,
+    JurorRow,
     ManifestRow,
     ObservationKind,
     PeerRow,
@@ -65,7 +67,16 @@ class Ledger(ABC):
     def record_observation(self, provider: str, kind: ObservationKind, value_ms: float | None = None, *,
                            job_id: str | bytes | None = None, at: float | None = None) -> None:
         """Record what this node saw of `provider`: a connect failure, a timeout, or the
-        first-token latency of a delivery (`value_ms`). `job_id` ties it to a job."""
+        first-token latency of a delivery (`value_ms`). `job_id` ties it to a job, which makes the
+        job this node's own (its committee then anchors reputation); a timeout in a job counts as
+        a missing answer unless the chain shows the seat had a result."""
+
+    @abstractmethod
+    def add_local_account(self, address: str, *, at: float | None = None) -> None:
+        """Declare a consumer address as this node's own: its jobs (past and future) are local."""
+
+    @abstractmethod
+    def local_accounts(self) -> list[str]: ...
 
     @abstractmethod
     def peer_seen(self, peer_id: str, address: str | None = None, *, at: float | None = None) -> None: ...
@@ -90,14 +101,15 @@ class Ledger(ABC):
     def provider(self, address: str) -> ProviderRow | None: ...
 
     @abstractmethod
-    def providers(self, *, model_hash: str | bytes | None = None, registered: bool | None = None,
-                  max_price: int | None = None) -> list[ProviderRow]: ...
+    def providers(self, *, model_hash: str | bytes | None = None, group: str | bytes | None = None,
+                  registered: bool | None = None, max_price: int | None = None) -> list[ProviderRow]: ...
 
     @abstractmethod
-    def candidates(self, model_hash: str | bytes, max_price: int, max_tokens: int) -> list[ProviderRow]:
-        """Providers a job for `model_hash` could be opened with right now, as far as the last
-        sync knows: registered for the model, price <= max_price, and free stake covering the
-        job's lock (the registry's openJobFunds checks the same)."""
+    def candidates(self, model_hash: str | bytes, max_price: int, max_tokens: int,
+                   group: str | bytes = OPEN_MARKET) -> list[ProviderRow]:
+        """Who a job for `model_hash` in `group` (default: the open market) could draw right now, as
+        far as the last sync knows: in the pool, price <= max_price, and a seat lock of at most
+        free stake / maxLockShare (the registry's draw skips everyone else)."""
 
     @abstractmethod
     def job(self, job_id: str | bytes) -> JobRow | None: ...
@@ -106,6 +118,10 @@ class Ledger(ABC):
     def jobs(self, *, limit: int = 50, status: str | None = None, consumer: str | None = None,
              provider: str | None = None) -> list[JobRow]:
         """Most recent first."""
+
+    @abstractmethod
+    def juries(self, *, juror: str | None = None, limit: int = 50) -> list[JurorRow]:
+        """Jury seats (who judged which job, whether it revealed, what it was paid), newest first."""
 
     @abstractmethod
     def earnings(self, provider: str | None = None) -> list[EarningsRow]: ...
@@ -128,8 +144,8 @@ class Ledger(ABC):
 
     @abstractmethod
     def rebuild_reputation(self, half_life_s: float) -> int:
-        """Recompute every provider's evidence from results, replacements and observations with
-        another half-life; returns the number of providers."""
+        """Recompute every provider's evidence from the seats' outcomes and this node's observations
+        with another half-life; returns the number of providers."""
 
     @abstractmethod
     def close(self) -> None: ...

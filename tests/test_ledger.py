@@ -1,10 +1,11 @@
 """The ledger store, one suite run against SQLite and a real PostgreSQL server (tests/pg.py).
 
-Migrations (empty -> head -> base -> head, and no difference between migrations and models),
-SQLite's settings for a shared file, how decoded chain events become rows (exact integers,
-outcomes, locks), idempotent and atomic batches, local observations, and two processes writing
-one ledger at once. Chain events here are built by hand in the indexer's decoded form; the
-indexer's own tests (test_indexer.py) feed real Anvil logs through the same path.
+Migrations (empty -> head -> base -> head, a v1 ledger upgraded to v2, and no difference between
+migrations and models), SQLite's settings for a shared file, how decoded v2 chain events become rows
+(exact integers, seat outcomes, contest locks, disputes and juries), idempotent and atomic batches,
+local observations, and two processes writing one ledger at once. Chain events here are built by
+hand in the indexer's decoded form (`EventChain`, also used by test_reputation.py); the indexer's
+own tests (test_indexer.py) feed real Anvil logs through the same path.
 """
 
 from __future__ import annotations
@@ -22,26 +23,39 @@ from sqlalchemy import create_engine, inspect, text
 from ledger import ChainEvent, ChainIdentity, RegistryParams, open_ledger
 from ledger.migrate import downgrade, head_revision, upgrade
 from ledger.models import Base
+from ledger.outcomes import OPEN_MARKET, Settlement, seat_outcomes, tally
 from ledger.records import checksum
-from ledger.sql import outcomes
 from mesh.errors import LedgerError
+from mesh.market import HARD, PASS, SOFT, pack_verdicts
 from tests.pg import ledger_url, pg_cluster, pg_url  # noqa: F401 — fixtures
 
 REPO = Path(__file__).resolve().parent.parent
-P = [checksum("0x" + f"{i + 1:02x}" * 20) for i in range(5)]
+P = [checksum("0x" + f"{i + 1:02x}" * 20) for i in range(8)]
 CONSUMER = checksum("0x" + "c0" * 20)
+OTHER_CONSUMER = checksum("0x" + "c1" * 20)
 MODEL = "0x" + "ab" * 32
+PRIVATE = "0x" + "77" * 32
 PARAMS = RegistryParams(min_job_lock=1_000_000, collateral_ratio=2)
 IDENTITY = ChainIdentity(31337, "0x" + "00" * 31 + "01", checksum("0x" + "11" * 20), checksum("0x" + "22" * 20),
                          checksum("0x" + "33" * 20))
+ZERO_ADDRESS = "0x" + "00" * 20
+MARKET_EVENTS = {"JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested",
+                 "DisputeOpened", "JuryDrawn", "EvidencePosted", "VoteCommitted", "VoteRevealed", "JobSettled",
+                 "JuryPaid"}
+OUTCOME = {"agreed": 0, "provisional": 1, "judged": 2, "refunded": 3}
 
 
 def h(n: int) -> str:
     return "0x" + f"{n:064x}"
 
 
-class Chain:
-    """Builds ChainEvents as the indexer would decode them, block by block."""
+def pad(values, n: int = 5, fill=0) -> list:
+    return list(values) + [fill] * (n - len(values))
+
+
+class EventChain:
+    """Builds ChainEvents as the indexer would decode them, block by block, with helpers that
+    compute what the contracts would emit (escrow, pays, refunds) for the usual paths."""
 
     def __init__(self, start_block: int = 10, start_time: int = 1_700_000_000) -> None:
         self.block = start_block
@@ -49,12 +63,12 @@ class Chain:
         self.log = 0
         self.tx = 0
         self.pending: list[ChainEvent] = []
+        self.jobs: dict[str, dict] = {}
 
     def ev(self, name: str, **args) -> ChainEvent:
-        contract = "market" if name in ("JobOpened", "ProviderReplaced", "ResultCommitted", "ResultRevealed",
-                                        "JobSettled") else "registry"
         self.tx += 1
-        e = ChainEvent(contract, name, self.block, h(10**6 + self.block), self.time, h(self.tx), self.log, args)
+        e = ChainEvent("market" if name in MARKET_EVENTS else "registry", name, self.block, h(10**6 + self.block),
+                       self.time, h(self.tx), self.log, args)
         self.log += 1
         self.pending.append(e)
         return e
@@ -68,18 +82,56 @@ class Chain:
         self.log = 0
         return res
 
-    # -- common events
-    def register(self, p, price=10):
-        return self.ev("ProviderRegistered", provider=p, modelHash=MODEL, manifestHash=h(int(p, 16) % 997),
+    # -- registry
+    def register(self, p, price=10, group=OPEN_MARKET, model=MODEL):
+        return self.ev("ProviderRegistered", provider=p, modelHash=model, group=group, manifestHash=h(int(p, 16) % 997),
                        price=price, endpoint=f"/ip4/127.0.0.1/tcp/4001/p2p/{p[2:10]}")
 
-    def open(self, job: str, providers=(P[0], P[1], P[2]), prices=(10, 10, 10), max_tokens=100):
-        return self.ev("JobOpened", jobId=job, consumer=CONSUMER, modelHash=MODEL, promptHash=h(7), maxTokens=max_tokens,
-                       priceCap=max(prices), openedAt=self.time, providers=list(providers), prices=list(prices))
+    # -- a job
+    def open(self, job: str, consumer=CONSUMER, group=OPEN_MARKET, max_tokens=100, price_cap=10, slot=0):
+        self.jobs[job] = dict(max_tokens=max_tokens, price_cap=price_cap, seats=[], prices=[])
+        return self.ev("JobOpened", jobId=job, consumer=consumer, modelHash=MODEL, slot=slot, group=group,
+                       promptHash=h(7), maxTokens=max_tokens, priceCap=price_cap)
 
-    def settle(self, job: str, counts, paid, slash_mask=0, outcome=0, output=h(99), refund=0):
-        return self.ev("JobSettled", jobId=job, outcome=outcome, outputHash=output, tokenCounts=list(counts),
-                       paid=list(paid), slashMask=slash_mask, refund=refund)
+    def draw(self, job: str, seats=(P[0], P[1], P[2]), prices=(10, 10, 10)):
+        self.jobs[job].update(seats=list(seats), prices=list(prices))
+        return self.ev("SeatsDrawn", jobId=job, seed=h(77), drawnAt=self.time, seats=list(seats), prices=list(prices))
+
+    def add_seat(self, job: str, provider, price=10):
+        j = self.jobs[job]
+        j["seats"].append(provider)
+        j["prices"].append(price)
+        return self.ev("SeatAdded", jobId=job, seat=len(j["seats"]) - 1, provider=provider, price=price)
+
+    def held(self, job: str) -> int:
+        j = self.jobs[job]
+        return j["max_tokens"] * j["price_cap"] * (max(3, len(j["seats"])) + 1)
+
+    def pays(self, job: str, counts, mask: int) -> list[int]:
+        return pad([c * p if mask >> i & 1 else 0 for i, (c, p) in enumerate(zip(counts, self.jobs[job]["prices"]))])
+
+    def settle(self, job: str, outcome="agreed", present=0b111, paid=None, slash_mask=0, refund=None, counts=None):
+        """JobSettled; by default every present seat is paid `counts` (40 each) and the rest refunded."""
+        counts = counts or [40] * len(self.jobs[job]["seats"])
+        paid = pad(paid) if paid is not None else self.pays(job, counts, present)
+        refund = self.held(job) - sum(paid) if refund is None else refund
+        return self.ev("JobSettled", jobId=job, outcome=OUTCOME[outcome], present=present, paid=paid,
+                       slashMask=slash_mask, refund=refund)
+
+    def contest(self, job: str, outputs, counts, present, slashed=0, provisional=0, locks=None):
+        n = len(self.jobs[job]["seats"])
+        locks = locks or [PARAMS.lock_for(self.jobs[job]["max_tokens"], p) if (present | slashed) >> i & 1 else 0
+                          for i, p in enumerate(self.jobs[job]["prices"])]
+        contest = dict(outputs=pad(outputs[:n], fill="0x" + "00" * 32), counts=pad(counts[:n]), present=present,
+                       slashed=slashed, provisional=provisional, contestedAt=self.time, locks=pad(locks))
+        return self.ev("JobContested", jobId=job, contest=contest)
+
+    def agreed_job(self, job: str, seats=(P[0], P[1], P[2]), tokens=40, consumer=CONSUMER, group=OPEN_MARKET, **kw):
+        """Open, draw and settle on the fast path in one block (the helper's shortcut: on-chain the
+        draw comes a block later)."""
+        self.open(job, consumer=consumer, group=group, **kw)
+        self.draw(job, seats, [10] * len(seats))
+        return self.settle(job, present=(1 << len(seats)) - 1, counts=[tokens] * len(seats))
 
 
 @pytest.fixture
@@ -93,10 +145,10 @@ def led(ledger_url):  # noqa: F811
 
 @pytest.fixture
 def bound(led):
-    """A ledger bound to a (pretend) chain with four staked providers."""
+    """A ledger bound to a (pretend) chain with six staked providers in the open market."""
     led.init_cursor(IDENTITY, PARAMS, start_block=10, parent_hash=h(10**6 + 9))
-    c = Chain()
-    for p in P[:4]:
+    c = EventChain()
+    for p in P[:6]:
         c.register(p)
         c.ev("Staked", provider=p, amount=10**9)
     c.mine(led)
@@ -141,6 +193,43 @@ def test_migrations_match_models(ledger_url):  # noqa: F811
         led.close()
 
 
+V1_ROWS = [
+    "INSERT INTO providers (address, registered, stake, locked, thawing, owed, earned, withdrawn, slashed, jobs, "
+    "first_block, last_block) VALUES ('{p}', TRUE, 5, 0, 0, 0, 0, 0, 0, 1, 1, 1)",
+    "INSERT INTO jobs (job_id, consumer, model_hash, prompt_hash, max_tokens, price_cap, opened_at, opened_block, escrow, "
+    "status) VALUES ('{j}', '{c}', '{m}', '{m}', 10, 10, 1, 1, 300, 'open')",
+    "INSERT INTO reputation (provider, half_life_s, ref_time, agreed, dissent, slashed, missing, replaced, timeouts, "
+    "connect_failures, latency_sum, latency_weight, jobs) VALUES ('{p}', 1209600, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1)",
+    "INSERT INTO observations (provider, kind, value_ms, job_id, observed_at) VALUES ('{p}', 'timeout', NULL, NULL, 100)",
+    "INSERT INTO observations (provider, kind, value_ms, job_id, observed_at) VALUES ('{p}', 'first_token', 300, '{j}', 100)",
+    "INSERT INTO peers (peer_id, address, first_seen, last_seen, failures) VALUES ('12D3KooWv1', '{p}', 1, 2, 0)",
+]
+
+
+def test_a_v1_ledger_upgrades_keeping_only_local_observations(ledger_url):  # noqa: F811
+    """v1 chain history means nothing under the v2 contracts: 0002 drops it and keeps what this
+    node observed (observations, peers), with the evidence rebuilt from the observations."""
+    led = open_ledger(ledger_url)
+    try:
+        downgrade(led.engine, "0001")
+        with led.engine.begin() as conn:
+            for sql in V1_ROWS:
+                conn.execute(text(sql.format(p=P[0], j=h(1), c=CONSUMER, m=MODEL)))
+        assert upgrade(led.engine) is True
+        counts = led.counts()
+        assert counts["jobs"] == counts["providers"] == counts["seats"] == 0
+        assert counts["observations"] == 2 and counts["peers"] == 1
+        e = led.evidence()[P[0]]
+        assert (e.agreed, e.timeouts, e.latency_sum, e.latency_weight) == (0, pytest.approx(1), 300, 1)
+        downgrade(led.engine, "0001")  # and back: the v1 tables, empty, v1 evidence from the observations
+        with led.engine.connect() as conn:
+            assert conn.execute(text("SELECT timeouts, latency_weight FROM reputation")).one() == (1, 1)
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+        upgrade(led.engine)
+    finally:
+        led.close()
+
+
 def test_ledger_from_a_newer_version_is_refused(ledger_url):  # noqa: F811
     open_ledger(ledger_url).close()
     engine = create_engine(ledger_url)
@@ -179,31 +268,185 @@ def test_unusable_url_is_a_ledger_error(tmp_path):
 
 # ------------------------------------------------------------------------------ chain facts
 
-def test_batch_builds_provider_job_and_money_state(bound):
+def test_an_agreed_job_pays_at_once_and_locks_nothing(bound):
     led, c = bound
     job = h(1)
-    c.open(job)
-    c.mine(led)
-    lock = PARAMS.lock_for(100, 10)
-    assert [led.provider(p).locked for p in P[:3]] == [lock] * 3
-    assert led.job(job).status == "open" and led.job(job).escrow == 3000
-    # Slashed (registry) is logged before JobSettled (market) in the same transaction.
-    c.ev("Slashed", provider=P[2], jobId=job, amount=lock)
-    c.settle(job, counts=[40, 40, 40], paid=[400, 400, 0], slash_mask=0b100, output=h(5), refund=2200)
+    c.open(job, slot=3)
     c.mine(led)
     j = led.job(job)
-    assert (j.status, j.outcome, j.output_hash, j.refund, j.paid) == ("settled", "majority", h(5), 2200, 800)
-    assert [(p.provider, p.outcome, p.token_count, p.paid) for p in j.providers] == [
-        (P[0], "agreed", 40, 400), (P[1], "agreed", 40, 400), (P[2], "slashed", 40, 0)]
-    p0, p2 = led.provider(P[0]), led.provider(P[2])
+    assert (j.status, j.slot, j.group, j.escrow, j.seats, j.open_block) == ("open", 3, OPEN_MARKET, 0, (), c.block - 1)
+    c.draw(job)
+    c.mine(led)
+    j = led.job(job)
+    assert j.status == "drawn" and j.escrow == 100 * 10 * 4 and j.drawn_at == c.time - 12
+    assert [s.provider for s in j.seats] == P[:3] and all(led.provider(p).locked == 0 for p in P[:3])
+    c.settle(job, counts=[40, 40, 40])
+    c.mine(led)
+    j = led.job(job)
+    assert (j.status, j.outcome, j.refund, j.paid) == ("settled", "agreed", 4000 - 1200, 1200)
+    assert [(s.outcome, s.token_count, s.paid) for s in j.seats] == [("agreed", 40, 400)] * 3
+    p0 = led.provider(P[0])
     assert (p0.stake, p0.locked, p0.owed, p0.earned, p0.jobs) == (10**9, 0, 400, 400, 1)
-    assert (p2.stake, p2.locked, p2.owed, p2.slashed) == (10**9 - lock, 0, 0, lock)
-    assert [(s.provider, s.amount) for s in led.slashes()] == [(P[2], lock)]
     earn = {e.provider: e for e in led.earnings()}
-    assert (earn[P[0]].jobs_paid, earn[P[0]].tokens, earn[P[0]].earned) == (1, 40, 400)
+    assert (earn[P[0]].jobs_paid, earn[P[0]].tokens, earn[P[0]].earned, earn[P[0]].jury) == (1, 40, 400, 0)
     assert led.provider(P[0]).endpoint.startswith("/ip4/127.0.0.1/tcp/4001/p2p/")
-    ev = led.evidence([P[0], P[2]])
-    assert ev[P[0]].agreed == 1 and ev[P[2]].slashed == 1 and ev[P[2]].agreed == 0
+
+
+def test_a_contested_job_locks_until_it_resolves_provisionally(bound):
+    led, c = bound
+    job = h(2)
+    c.open(job)
+    c.draw(job, seats=P[:4], prices=[10, 10, 10, 12])
+    c.mine(led)
+    lock = PARAMS.lock_for(100, 10)
+    # Seat 3 signed 500 tokens of a 100-token job: slashed whatever happens. 0 and 2 agree.
+    c.contest(job, [h(5), h(6), h(5), h(9)], [40, 30, 40, 500], present=0b0111, slashed=0b1000, provisional=0b0101)
+    c.mine(led)
+    assert [led.provider(p).locked for p in P[:4]] == [lock, lock, lock, PARAMS.lock_for(100, 12)]
+    j = led.job(job)
+    assert (j.status, j.output_hash, j.contested_at) == ("contested", h(5), c.time - 12)
+    c.ev("Slashed", provider=P[3], jobId=job, amount=PARAMS.lock_for(100, 12))
+    c.settle(job, "provisional", present=0b0111, paid=[400, 0, 400, 0], slash_mask=0b1000)
+    c.mine(led)
+    j = led.job(job)
+    assert [(s.outcome, s.paid, s.token_count) for s in j.seats] == [
+        ("provisional", 400, 40), ("minority", 0, 30), ("provisional", 400, 40), ("slashed", 0, 500)]
+    assert all(led.provider(p).locked == 0 for p in P[:4])
+    assert led.provider(P[3]).stake == 10**9 - PARAMS.lock_for(100, 12) and led.provider(P[3]).slashed > 0
+    assert j.refund == 100 * 10 * 5 - 800 and [s.provider for s in led.slashes()] == [P[3]]
+
+
+def test_a_disputed_job_is_judged_by_its_jury(bound):
+    led, c = bound
+    job = h(3)
+    c.open(job)
+    c.draw(job)
+    c.mine(led)
+    c.contest(job, [h(5), h(6), h(5)], [40, 40, 0], present=0b111, provisional=0b101)
+    c.mine(led)
+    c.ev("DisputeOpened", jobId=job, disputer=P[1], bond=1000, request="0x" + b"the request".hex())
+    c.mine(led)
+    assert led.job(job).status == "disputed"
+    c.ev("JuryDrawn", jobId=job, jurors=[P[3], P[4], P[5]])
+    c.mine(led)
+    for seat in (0, 1):  # seat 2's evidence never comes: a hard fail whatever the votes
+        c.ev("EvidencePosted", jobId=job, seat=seat, textHash=h(40 + seat), tokens="0x" + "00" * 160)
+    votes = {P[3]: {0: SOFT, 1: PASS, 2: PASS}, P[4]: {0: SOFT, 1: HARD, 2: PASS}, P[5]: {0: HARD, 1: PASS, 2: PASS}}
+    for juror in votes:
+        c.ev("VoteCommitted", jobId=job, juror=juror)
+    c.mine(led)
+    for juror, v in votes.items():
+        if juror != P[5]:  # the third juror never reveals: unpaid
+            c.ev("VoteRevealed", jobId=job, juror=juror, verdicts=pack_verdicts(v))
+    c.mine(led)
+    lock = PARAMS.lock_for(100, 10)
+    c.ev("Slashed", provider=P[2], jobId=job, amount=lock)
+    c.settle(job, "judged", present=0b111, paid=[0, 400, 0], slash_mask=0b100, refund=4000 + 1000 - 400 - 1000 - 666)
+    c.ev("JuryPaid", jobId=job, jurors=[P[3], P[4], ZERO_ADDRESS], share=333, bondRefund=1000)
+    c.mine(led)
+    j = led.job(job)
+    assert [s.outcome for s in j.seats] == ["soft_fail", "passed", "hard_fail"]
+    assert [s.evidence_posted for s in j.seats] == [True, True, False]
+    d = j.dispute
+    assert (d.disputer, d.bond, d.void, d.share, d.bond_refund) == (P[1], 1000, False, 333, 1000)
+    assert d.opened_block == j.open_block + 2 and d.jury_at is not None
+    assert [(x.juror, x.committed, x.revealed, x.paid) for x in d.jurors] == [
+        (P[3], True, True, 333), (P[4], True, True, 333), (P[5], True, False, 0)]
+    assert [r.job_id for r in led.juries(juror=P[4])] == [job]
+    p3 = led.provider(P[3])
+    assert (p3.owed, p3.earned, p3.jury_earned, p3.jury_duties) == (333, 333, 333, 1)
+    assert all(led.provider(p).locked == 0 for p in P[:3])
+    earn = {e.provider: e for e in led.earnings()}
+    assert earn[P[4]].jury == 333 and earn[P[4]].jobs_paid == 0 and earn[P[1]].jobs_paid == 1
+    assert led.counts()["refunds"] == 2  # the consumer's escrow and the disputer's bond
+
+
+def test_a_void_dispute_leaves_the_provisional_outcome(bound):
+    led, c = bound
+    job = h(4)
+    c.open(job)
+    c.draw(job)
+    c.contest(job, [h(5), h(6), h(5)], [10, 10, 10], present=0b111, provisional=0b101)
+    c.ev("DisputeOpened", jobId=job, disputer=CONSUMER, bond=1000, request="0x00")
+    c.mine(led)
+    c.ev("JuryDrawn", jobId=job, jurors=[ZERO_ADDRESS] * 3)
+    c.settle(job, "provisional", present=0b111, counts=[10, 0, 10], paid=[100, 0, 100])
+    c.ev("JuryPaid", jobId=job, jurors=[ZERO_ADDRESS] * 3, share=0, bondRefund=1000)
+    c.mine(led)
+    j = led.job(job)
+    assert j.dispute.void and j.dispute.jurors == () and j.dispute.bond_refund == 1000
+    assert [s.outcome for s in j.seats] == ["provisional", "minority", "provisional"]
+
+
+def test_an_added_seat_and_an_expired_job(bound):
+    led, c = bound
+    c.open(h(5))
+    c.draw(h(5))
+    c.mine(led)
+    c.add_seat(h(5), P[3], 12)
+    c.mine(led)
+    j = led.job(h(5))
+    assert j.escrow == 100 * 10 * 5 and [(s.provider, s.price, s.added) for s in j.seats][3] == (P[3], 12, True)
+    assert led.provider(P[3]).jobs == 1
+    c.settle(h(5), present=0b1111, counts=[7, 7, 7, 7])
+    c.mine(led)
+    assert led.job(h(5)).paid == 7 * (10 + 10 + 10 + 12)
+    c.open(h(6), consumer=OTHER_CONSUMER)
+    c.mine(led)
+    c.ev("JobSettled", jobId=h(6), outcome=3, present=0, paid=[0] * 5, slashMask=0, refund=0)  # expire()
+    c.mine(led)
+    j = led.job(h(6))
+    assert (j.status, j.outcome, j.seats, j.drawn_at, j.refund) == ("refunded", "refunded", (), None, 0)
+
+
+def test_commit_reveal_and_an_unrevealed_commitment(bound):
+    led, c = bound
+    job = h(7)
+    c.open(job)
+    c.draw(job)
+    c.mine(led)
+    for seat in range(3):
+        c.ev("ResultCommitted", jobId=job, seat=seat, provider=P[seat], commitment=h(50 + seat))
+    c.mine(led)
+    for seat in (0, 1):
+        c.ev("ResultRevealed", jobId=job, seat=seat, provider=P[seat], outputHash=h(60), tokenCount=25)
+    c.mine(led)
+    # finalize: the two reveals agree, seat 2 never revealed (slashed at once, lock taken and burned).
+    c.ev("Slashed", provider=P[2], jobId=job, amount=PARAMS.lock_for(100, 10))
+    c.settle(job, present=0b011, counts=[25, 25, 0], slash_mask=0b100)
+    c.mine(led)
+    j = led.job(job)
+    assert [(s.outcome, s.committed, s.revealed, s.output_hash) for s in j.seats] == [
+        ("agreed", True, True, h(60)), ("agreed", True, True, h(60)), ("slashed", True, False, None)]
+    assert j.output_hash == h(60)
+    assert led.provider(P[2]).locked == 0 and led.provider(P[2]).stake == 10**9 - PARAMS.lock_for(100, 10)
+
+
+@pytest.mark.parametrize("outcome, present, slashed, paid, provisional, outputs, verdicts, expected", [
+    ("agreed", 0b111, 0, [5, 5, 5], 0, [], [], ["agreed"] * 3),
+    ("agreed", 0b011, 0, [5, 5, 0], 0, [], [], ["agreed", "agreed", "missing"]),
+    ("agreed", 0b011, 0b100, [5, 5, 0], 0, [], [], ["agreed", "agreed", "slashed"]),
+    ("agreed", 0b111, 0, [0, 0, 0], 0, [], [], ["agreed"] * 3),  # agreed on an empty answer
+    ("refunded", 0, 0, [0, 0, 0], 0, [], [], ["missing"] * 3),
+    ("refunded", 0, 0b001, [0, 0, 0], 0, [], [], ["slashed", "missing", "missing"]),
+    ("provisional", 0b111, 0, [5, 0, 5], 0b101, ["a", "b", "a"], [], ["provisional", "minority", "provisional"]),
+    ("provisional", 0b011, 0, [0, 0, 0], 0, ["a", "b"], [], ["unconfirmed", "unconfirmed", "missing"]),  # a tie
+    ("provisional", 0b111, 0, [5, 0, 0], 0b001, ["a", "b", "a"], [], ["provisional", "minority", "unconfirmed"]),
+    ("judged", 0b111, 0b100, [5, 0, 0], 0b101, ["a", "b", "a"], ["pass", "soft", "hard"],
+     ["passed", "soft_fail", "hard_fail"]),
+    ("judged", 0b011, 0, [0, 0], 0, ["a", "b"], ["pass", "soft"], ["passed", "soft_fail"]),  # 0 tokens: the tally
+])
+def test_seat_outcomes(outcome, present, slashed, paid, provisional, outputs, verdicts, expected):
+    s = Settlement(outcome, len(expected), present, slashed, paid, provisional, outputs, verdicts)
+    assert seat_outcomes(s) == expected
+
+
+def test_the_jury_tally_mirrors_the_contract():
+    both = pack_verdicts({0: HARD, 1: SOFT})
+    assert tally([both, both, None], 3, 0b11, 0b11) == ["hard", "soft", None, None, None]
+    assert tally([both, None, None], 3, 0b11, 0b11)[:2] == ["pass", "pass"]  # one of three is no majority
+    assert tally([both], 1, 0b01, 0b11)[:2] == ["hard", "hard"]  # seat 1 showed no evidence
+    assert tally([pack_verdicts({0: SOFT}), pack_verdicts({0: HARD})], 2, 0b1, 0b1)[0] == "soft"
 
 
 def test_stake_lifecycle_mirrors_the_registry(bound):
@@ -214,84 +457,42 @@ def test_stake_lifecycle_mirrors_the_registry(bound):
     assert (p.stake, p.thawing, p.thaw_ready_at) == (10**9 - 300, 300, c.time - 12 + 7 * 86400)
     c.ev("StakeWithdrawn", provider=P[0], amount=300)
     c.ev("ProviderDeregistered", provider=P[0])
+    c.register(P[1], group=PRIVATE)
     c.mine(led)
     p = led.provider(P[0])
     assert (p.thawing, p.thaw_ready_at, p.registered) == (0, None, False)
     assert P[0] not in [x.address for x in led.providers(registered=True)]
-    assert [x.address for x in led.providers(model_hash=MODEL, registered=True, max_price=10)] == P[1:4]
-
-
-def test_replacement_moves_lock_and_escrow_and_counts_against_the_old_provider(bound):
-    led, c = bound
-    job = h(2)
-    c.open(job)
+    assert [x.address for x in led.providers(model_hash=MODEL, group=OPEN_MARKET, registered=True)] == P[2:6]
+    assert led.provider(P[1]).group == PRIVATE
+    assert [x.address for x in led.candidates(MODEL, 10, 100, group=PRIVATE)] == [P[1]]
+    # The draw skips a provider whose seat lock would be more than a quarter of its free stake.
+    c.ev("UnstakeRequested", provider=P[2], amount=10**9 - 4 * PARAMS.lock_for(100, 10) + 1, readyAt=c.time)
     c.mine(led)
-    c.register(P[3], price=12)
-    c.ev("ProviderReplaced", jobId=job, index=1, oldProvider=P[1], newProvider=P[3], price=12)
+    assert P[2] not in [x.address for x in led.candidates(MODEL, 10, 100)]
+    c.ev("Staked", provider=P[2], amount=1)
     c.mine(led)
-    j = led.job(job)
-    assert [p.provider for p in j.providers] == [P[0], P[3], P[2]] and j.escrow == 100 * (10 + 12 + 10)
-    assert led.provider(P[1]).locked == 0 and led.provider(P[3]).locked == PARAMS.lock_for(100, 12)
-    c.settle(job, counts=[10, 10, 10], paid=[100, 120, 100], refund=3200 - 320)
-    c.mine(led)
-    assert led.provider(P[3]).locked == 0 and led.provider(P[3]).owed == 120
-    assert led.evidence([P[1]])[P[1]].replaced == 1
-    assert [j.job_id for j in led.jobs(provider=P[1])] == [job]  # the replaced provider still sees the job
-
-
-def test_no_majority_is_a_refund_and_commit_reveal_marks_presence(bound):
-    led, c = bound
-    job = h(3)
-    c.open(job)
-    c.mine(led)
-    c.ev("ResultCommitted", jobId=job, index=0, provider=P[0], commitment=h(50))
-    c.ev("ResultCommitted", jobId=job, index=1, provider=P[1], commitment=h(51))
-    c.mine(led)
-    c.ev("ResultRevealed", jobId=job, index=0, provider=P[0], outputHash=h(60), tokenCount=0)
-    c.ev("ResultRevealed", jobId=job, index=1, provider=P[1], outputHash=h(61), tokenCount=5)
-    c.mine(led)
-    c.settle(job, counts=[0, 5, 0], paid=[0, 0, 0], outcome=1, output="0x" + "00" * 32, refund=3000)
-    c.mine(led)
-    j = led.job(job)
-    assert (j.status, j.outcome, j.refund) == ("refunded", "no_majority", 3000)
-    # P0 revealed an empty answer: present (dissent), not missing, although its count is 0.
-    assert [p.outcome for p in j.providers] == ["dissent", "dissent", "missing"]
-
-
-@pytest.mark.parametrize("outcome, counts, mask, revealed, expected", [
-    (0, [5, 5, 5], 0, [0, 0, 0], ["agreed", "agreed", "agreed"]),
-    (0, [5, 5, 0], 0, [0, 0, 0], ["agreed", "agreed", "missing"]),
-    (0, [5, 7, 5], 0b010, [0, 0, 0], ["agreed", "slashed", "agreed"]),
-    (0, [0, 0, 9], 0b100, [0, 0, 0], ["agreed", "agreed", "slashed"]),  # agreed on an empty answer
-    (0, [0, 0, 0], 0, [0, 0, 0], ["agreed", "agreed", "agreed"]),
-    (1, [5, 6, 0], 0, [0, 0, 0], ["dissent", "dissent", "missing"]),
-    (1, [999, 5, 6], 0b001, [0, 0, 0], ["slashed", "dissent", "dissent"]),  # over maxTokens
-    (1, [0, 0, 0], 0, [1, 0, 0], ["dissent", "missing", "missing"]),
-])
-def test_outcomes_from_job_settled(outcome, counts, mask, revealed, expected):
-    assert outcomes(outcome, counts, mask, revealed) == expected
+    assert P[2] in [x.address for x in led.candidates(MODEL, 10, 100)] and led.candidates(MODEL, 9, 1) == []
 
 
 def test_amounts_are_exact_integers(bound, ledger_url):  # noqa: F811
     led, c = bound
     big = 2**63 - 1  # the most SQLite stores exactly; PostgreSQL's NUMERIC(78,0) takes any uint256
-    c.ev("Staked", provider=P[4], amount=big)
+    c.ev("Staked", provider=P[7], amount=big)
     c.mine(led)
-    assert led.provider(P[4]).stake == big and isinstance(led.provider(P[4]).stake, int)
-    c.ev("Staked", provider=P[4], amount=1)
+    assert led.provider(P[7]).stake == big and isinstance(led.provider(P[7]).stake, int)
+    c.ev("Staked", provider=P[7], amount=1)
     if ledger_url.startswith("sqlite"):
         with pytest.raises(LedgerError, match="PostgreSQL"):
             c.mine(led)  # refused, never rounded through a float
-        assert led.provider(P[4]).stake == big and led.cursor().last_block == c.block - 1
+        assert led.provider(P[7]).stake == big and led.cursor().last_block == c.block - 1
     else:
         c.mine(led)
-        assert led.provider(P[4]).stake == 2**63
+        assert led.provider(P[7]).stake == 2**63
 
 
 def test_reapplying_a_range_adds_nothing(bound, ledger_url):  # noqa: F811
     led, c = bound
-    c.open(h(4))
-    c.settle(h(4), counts=[10, 10, 10], paid=[100, 100, 100], refund=2700)
+    c.agreed_job(h(4))
     batch = list(c.pending)
     c.mine(led)
     before = (led.counts(), led.provider(P[0]), led.evidence([P[0]]))
@@ -305,7 +506,7 @@ def test_reapplying_a_range_adds_nothing(bound, ledger_url):  # noqa: F811
     engine.dispose()
     res = led.apply_batch(batch + batch, from_block=batch[0].block_number, to_block=batch[0].block_number,
                           to_hash=h(10**6 + batch[0].block_number))
-    assert (res.applied, res.skipped) == (0, 4)
+    assert (res.applied, res.skipped) == (0, 6)
     assert (led.counts(), led.provider(P[0]), led.evidence([P[0]])) == before
 
 
@@ -313,7 +514,7 @@ def test_a_failing_batch_leaves_nothing_behind(bound):
     led, c = bound
     before = (led.counts(), led.cursor().last_block)
     c.open(h(5))
-    c.settle(h(6), counts=[1, 1, 1], paid=[10, 10, 10])  # a job the ledger never saw opened
+    c.ev("SeatsDrawn", jobId=h(6), seed=h(1), drawnAt=c.time, seats=P[:3], prices=[10] * 3)  # never opened
     with pytest.raises(LedgerError, match="never saw opened"):
         c.mine(led)
     assert (led.counts(), led.cursor().last_block) == before
@@ -329,20 +530,21 @@ def test_init_cursor_binds_once(led):
     first = led.init_cursor(IDENTITY, PARAMS, start_block=10, parent_hash=h(9))
     other = ChainIdentity(1, h(1), IDENTITY.token, IDENTITY.registry, IDENTITY.market)
     assert led.init_cursor(other, PARAMS, start_block=99, parent_hash=h(98)) == first
-    assert led.cursor().identity == IDENTITY and led.cursor().last_block == 9
+    assert led.cursor().identity == IDENTITY and led.cursor().last_block == 9 and led.cursor().params == PARAMS
 
 
 def test_reset_forgets_the_chain_and_keeps_local_facts(bound):
     led, c = bound
-    c.open(h(7))
-    c.settle(h(7), counts=[10, 10, 10], paid=[100, 100, 100])
+    led.add_local_account(CONSUMER)
+    c.agreed_job(h(7))
     c.mine(led)
     led.record_observation(P[0], "timeout", at=c.time)
     led.peer_seen("12D3KooWpeer", P[0])
+    assert led.evidence([P[1]])[P[1]].agreed > 0
     led.reset_chain_data()
     counts = led.counts()
     assert led.cursor() is None and counts["jobs"] == counts["providers"] == counts["chain_events"] == 0
-    assert counts["observations"] == 1 and counts["peers"] == 1
+    assert counts["observations"] == 1 and counts["peers"] == 1 and led.local_accounts() == [CONSUMER]
     ev = led.evidence()
     assert set(ev) == {P[0]} and ev[P[0]].timeouts == 1 and ev[P[0]].agreed == 0
 
@@ -350,9 +552,10 @@ def test_reset_forgets_the_chain_and_keeps_local_facts(bound):
 def test_jobs_query_filters_and_order(bound):
     led, c = bound
     for i in range(5):
-        c.open(h(100 + i), providers=(P[i % 4], P[(i + 1) % 4], P[(i + 2) % 4]))
+        c.open(h(100 + i))
+        c.draw(h(100 + i), seats=(P[i % 4], P[(i + 1) % 4], P[(i + 2) % 4]))
         c.mine(led)
-    c.settle(h(100), counts=[1, 1, 1], paid=[10, 10, 10])
+    c.settle(h(100))
     c.mine(led)
     assert [j.job_id for j in led.jobs(limit=3)] == [h(104), h(103), h(102)]
     assert [j.job_id for j in led.jobs(status="settled")] == [h(100)]
@@ -364,22 +567,43 @@ def test_jobs_query_filters_and_order(bound):
 
 # ------------------------------------------------------------------------------ local facts
 
-def test_observations_fold_into_evidence_and_join_results(bound):
+def test_observations_fold_into_evidence_and_join_seats(bound):
     led, c = bound
     job = h(8)
-    # The consumer measures latency before the indexer has seen the job.
+    # The consumer measures latency before the indexer has seen the job: the job is its own.
     led.record_observation(P[0], "first_token", 250.0, job_id=job, at=c.time)
-    c.open(job)
-    c.settle(job, counts=[3, 3, 3], paid=[30, 30, 30])
+    c.agreed_job(job, tokens=3)
     c.mine(led)
-    assert led.job(job).providers[0].latency_ms == 250
+    assert led.job(job).seats[0].latency_ms == 250 and led.job(job).local
     led.record_observation(P[1], "first_token", 120.5, job_id=bytes.fromhex(job[2:]), at=c.time)
-    assert led.job(job).providers[1].latency_ms == 120
+    assert led.job(job).seats[1].latency_ms == 120
     led.record_observation(P[2], "connect_failure", at=c.time)
     led.record_observation(P[2], "timeout", at=c.time)
     ev = led.evidence([P[0], P[2]])
     assert ev[P[0]].latency_sum == pytest.approx(250.0) and ev[P[0]].latency_weight == pytest.approx(1.0)
     assert ev[P[2]].connect_failures == pytest.approx(1.0) and ev[P[2]].timeouts == pytest.approx(1.0)
+    assert ev[P[0]].agreed == pytest.approx(3 / 32)  # a local job: anchored, weighted by its 3 tokens
+
+
+def test_a_timeout_in_a_job_is_missing_until_the_chain_shows_a_result(bound):
+    """This node asked seat 1 and 2 and got nothing: missing answers. Seat 1 then commits its claim:
+    it had a result (the network, or this node, failed), so its missing answer is taken back."""
+    led, c = bound
+    job = h(9)
+    c.open(job)
+    c.draw(job)
+    c.mine(led)
+    led.record_observation(P[1], "timeout", job_id=job, at=c.time)
+    led.record_observation(P[2], "timeout", job_id=job, at=c.time)
+    assert led.evidence([P[1]])[P[1]].missing == pytest.approx(1) and led.job(job).local
+    c.ev("ResultCommitted", jobId=job, seat=1, provider=P[1], commitment=h(3))
+    c.mine(led)
+    c.settle(job, present=0b011, counts=[9, 9, 0])
+    c.mine(led)
+    ev = led.evidence([P[1], P[2]])
+    assert ev[P[1]].missing == pytest.approx(0, abs=1e-9) and ev[P[2]].missing == pytest.approx(1, rel=1e-3)
+    led.record_observation(P[1], "timeout", job_id=job, at=c.time)  # after the fact: still not missing
+    assert led.evidence([P[1]])[P[1]].missing == pytest.approx(0, abs=1e-9)
 
 
 def test_observation_input_is_checked(led):
@@ -433,7 +657,7 @@ def test_two_processes_and_this_one_write_at_once(ledger_url, tmp_path):  # noqa
         procs = [subprocess.Popen([sys.executable, str(script), name, "60"], stderr=subprocess.PIPE, text=True)
                  for name in ("a", "b")]
         led.init_cursor(IDENTITY, PARAMS, start_block=10, parent_hash=h(9))
-        c = Chain()
+        c = EventChain()
         for i in range(30):  # this process indexes meanwhile
             c.register(P[i % 4])
             c.ev("Staked", provider=P[i % 4], amount=1)
