@@ -345,7 +345,10 @@ class Query:
                 s.status = "paid unless a jury decides otherwise" if contest.provisional >> i & 1 else \
                     "unpaid unless a jury decides otherwise"
         unpaid = contest.present & ~contest.provisional
-        if self.opts.dispute and unpaid:
+        if self.opts.dispute and unpaid and self.job.jury_fee < params.min_jury_fee:
+            a.on_event(f"the seats disagree, but a job this small (jury fee {self.job.jury_fee} base units, under "
+                       f"{params.min_jury_fee}) cannot be disputed: the provisional outcome will stand")
+        elif self.opts.dispute and unpaid:
             t = time.perf_counter()
             request = canonical_json(self.sampling.request(self.model_hash))
             r = a.mc.dispute(a.account, self.job, contest, request)

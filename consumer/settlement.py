@@ -7,7 +7,7 @@ A query settles at once when every seat answered. Otherwise its job waits in the
                                commit), else finalize after the reveal window
     contested, no dispute      resolve after the dispute window (the provisional outcome)
     disputed                   draw the jury if nobody did; resolve after the court's reveal phase
-    opened, never drawn        expire once the open block's hash is out of reach (256 blocks)
+    opened, never drawn        expire once its draw window (DRAW_WINDOW blocks) is over
 
 `next_action` decides (a pure function of the job's on-chain state, what the journal holds and the
 time); `settle_pending` does it. Anyone may finalize, resolve or draw a jury: the providers' keepers
@@ -25,11 +25,9 @@ from consumer.journal import Journal, PendingJob
 from mesh.chain import Chain
 from mesh.config import MarketParams
 from mesh.errors import ChainError
-from mesh.market import OUTCOMES, JobState, MarketClient, job_state
+from mesh.market import DRAW_WINDOW, OUTCOMES, JobState, MarketClient, job_state
 from mesh.types import format_when
 
-#: The blocks during which a block's hash can be read on-chain (a draw's seed).
-BLOCKHASH_REACH = 256
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,9 @@ def next_action(state: JobState, results: dict, params: MarketParams, now: int, 
     if state.contested:
         return _court_action(state, params, now, block)
     if job.drawn_at == 0:
-        if block > job.open_block + BLOCKHASH_REACH:
-            return Action("expire", "never drawn, and its seed block is out of reach")
-        return Action("wait", f"never drawn; it expires after block {job.open_block + BLOCKHASH_REACH}")
+        if block > job.open_block + DRAW_WINDOW:
+            return Action("expire", "never drawn, and its draw window is over")
+        return Action("wait", f"never drawn; it expires after block {job.open_block + DRAW_WINDOW}")
     claim_end = job.drawn_at + params.delivery_window + params.claim_window
     reveal_end = claim_end + params.reveal_window
     missing = [i for i in range(job.seat_count) if i not in results]
@@ -79,8 +77,8 @@ def _court_action(state: JobState, params: MarketParams, now: int, block: int) -
         return Action("resolve", "no jury could be drawn: the provisional outcome stands")
     if state.jury_at is None:
         assert state.dispute_block is not None
-        if block > state.dispute_block + BLOCKHASH_REACH:
-            return Action("resolve", "the jury was never drawn: the provisional outcome stands")
+        if block > state.dispute_block + DRAW_WINDOW:
+            return Action("resolve", "no jury was drawn in its window: the provisional outcome stands")
         if block > state.dispute_block:
             return Action("draw_jury", "disputed: the jury is drawn")
         return Action("wait", "disputed: the jury is drawn from the next block")

@@ -51,7 +51,8 @@ def deploy(w3: Web3, account: LocalAccount, rpc_url: str, params: MarketParams |
     )
     market_address, market_receipt = deploy_contract(
         w3, account, arts["JobMarket"], registry_address, params.delivery_window, params.claim_window,
-        params.reveal_window, params.dispute_window, params.court_phase, params.jury_size, decoder=decoder,
+        params.reveal_window, params.dispute_window, params.court_phase, params.jury_size, params.min_jury_fee,
+        decoder=decoder,
     )
     if market_address != expected_market:
         raise ChainError(f"the market was deployed at {market_address}, not at {expected_market} as the registry "

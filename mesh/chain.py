@@ -206,9 +206,11 @@ class Chain:
 
     # -- transactions
 
-    def transact(self, account: LocalAccount, fn, *, action: str | None = None, gas: int | None = None) -> dict:
+    def transact(self, account: LocalAccount, fn, *, action: str | None = None, gas: int | None = None,
+                 gas_margin: int = 0) -> dict:
         """Sign `fn` locally with `account`, send it, wait for the receipt. Reverts raise ContractReverted."""
         return send(self.w3, account, fn, self.decoder, action=action or _fn_name(fn), gas=gas or self.fixed_gas,
+                    gas_margin=gas_margin,
                     chain_id=self.chain_id)
 
     # -- common reads
@@ -264,7 +266,10 @@ def _revert_data(exc: Exception) -> str | None:
 
 
 def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action: str, gas: int | None = None,
-         chain_id: int | None = None) -> dict:
+         chain_id: int | None = None, gas_margin: int = 0) -> dict:
+    """Sign and send `fn` from `account`, wait for its receipt; a revert becomes a ContractReverted
+    with a sentence. `gas_margin` is added to the estimate, for calls whose cost depends on what the
+    block they land in holds (a draw's seed uses the block's prevrandao, unknown when estimating)."""
     params: dict[str, Any] = {
         "from": account.address,
         "nonce": w3.eth.get_transaction_count(account.address, "pending"),
@@ -272,9 +277,8 @@ def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action:
     }
     try:
         # Estimated against the pending block, where the transaction will run: a call that depends
-        # on the block number (a draw from the previous block's hash) sees what it will see when
-        # mined. A revert surfaces here, before signing.
-        params["gas"] = gas if gas is not None else fn.estimate_gas(params, block_identifier="pending")
+        # on the block number sees what it will see when mined. A revert surfaces here, before signing.
+        params["gas"] = gas if gas is not None else fn.estimate_gas(params, block_identifier="pending") + gas_margin
         tx = fn.build_transaction(params)
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise decoder.decode(_revert_data(exc), action) from exc

@@ -1,9 +1,10 @@
 """Where Meshmarket keeps its files, and the settings every command shares.
 
 The user directory is $MESH_HOME, else click's per-user app dir ("meshmarket"). It holds:
-    deployment.json   the contracts this node talks to (written by `mesh contracts deploy`)
+    deployment.json   the contracts this node talks to (written by `mesh contracts deploy` or
+                      `mesh market join`), with the RPC URL they were found at
     keystore/         eth-account encrypted keystores (never plain keys)
-    anvil.json        the local chain started by `mesh chain up --detach`
+    anvil.json        the local chain started by `mesh chain up` (while it runs)
     ledger.sqlite     the local SQL ledger
 """
 
@@ -33,20 +34,41 @@ def home() -> Path:
     return path
 
 
-def rpc_url(explicit: str | None = None) -> str:
-    """--rpc flag, else $MESH_RPC_URL, else the deployment's URL, else Anvil's default."""
+#: The local chain `mesh chain up` runs, recorded while it runs (pid, port, url).
+LOCAL_CHAIN_FILE = "anvil.json"
+DEPLOYMENT_FILE = "deployment.json"
+
+
+def local_chain() -> dict | None:
+    """The record of the chain `mesh chain up` started from this user directory, if it still runs."""
+    path = home() / LOCAL_CHAIN_FILE
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none, damaged, or its process is gone (a stale record)
+    return state
+
+
+def rpc_url(explicit: str | None = None, *, new_deployment: bool = False) -> str:
+    """--rpc flag, else $MESH_RPC_URL, else the deployment's URL, else the chain `mesh chain up`
+    runs, else Anvil's default. For a new deployment the running local chain comes before an
+    older deployment's URL: `mesh chain up --port N` then `mesh contracts deploy` deploys there."""
     if explicit:
         return explicit
     env = os.environ.get("MESH_RPC_URL")
     if env:
         return env
-    path = home() / "deployment.json"
+    local = local_chain()
+    if new_deployment and local:
+        return str(local["url"])
+    path = home() / DEPLOYMENT_FILE
     if path.exists():
         try:
             return json.loads(path.read_text())["rpc_url"]
         except (ValueError, KeyError):
             pass
-    return DEFAULT_RPC_URL
+    return str(local["url"]) if local else DEFAULT_RPC_URL
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,10 @@ class MarketParams:
     court_phase: int = 10 * 60
     #: Three jurors: one captured juror decides nothing.
     jury_size: int = 3
+    #: A dispute must pay its jurors something: jobs whose jury fee (maxTokens x priceCap) is below
+    #: 300 base units (100 per juror) cannot be disputed; their provisional outcome stands (a cartel
+    #: could gain at most two seats' pay of such a job, under 600 base units).
+    min_jury_fee: int = 300
 
     def lock_for(self, max_tokens: int, price: int) -> int:
         """ProviderRegistry.lockFor, the one Python mirror of it: the stake a seat locks."""
@@ -126,10 +152,16 @@ class Deployment:
                 start_block=int(data.get("start_block", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"deployment record is damaged ({exc})", "run `mesh contracts deploy` again") from exc
+            raise ConfigError(f"deployment record is damaged ({exc})",
+                              "record the market again (`mesh market join RPC_URL` or `mesh contracts deploy`)") from exc
+
+    @staticmethod
+    def default_path() -> Path:
+        return home() / DEPLOYMENT_FILE
 
     def save(self, path: Path | None = None) -> Path:
-        path = path or home() / "deployment.json"
+        """Record it where every command looks (the user directory), or at `path`."""
+        path = path or self.default_path()
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.to_json() + "\n")
         tmp.replace(path)  # atomic: a crash never leaves half a deployment record
@@ -137,11 +169,13 @@ class Deployment:
 
     @classmethod
     def load(cls, path: Path | None = None) -> Deployment:
-        path = path or home() / "deployment.json"
+        path = path or cls.default_path()
         if not path.exists():
-            raise NotDeployed(f"no deployment recorded at {path}", "run `mesh contracts deploy` first")
+            raise NotDeployed(f"no market is recorded at {path}",
+                              "join one with `mesh market join RPC_URL`, or deploy your own with `mesh contracts deploy`")
         try:
             data = json.loads(path.read_text())
         except ValueError as exc:
-            raise ConfigError(f"{path} is not valid JSON", "run `mesh contracts deploy` again") from exc
+            raise ConfigError(f"{path} is not valid JSON",
+                              "record the market again (`mesh market join RPC_URL` or `mesh contracts deploy`)") from exc
         return cls.from_dict(data)

@@ -43,6 +43,11 @@ ZERO32 = b"\x00" * 32
 CONTEST_ABI = "(bytes32[5],uint64[5],uint8,uint8,uint8,uint64,uint64[5])"
 CLOSED = b"\x00" * 31 + b"\x01"
 JOB_SLOT_RANGE = range(16)
+#: Blocks after the open (or the dispute) within which seats (or the jury) are drawn (JobMarket.DRAW_WINDOW).
+DRAW_WINDOW = 8
+#: A draw's cost depends on its seed (rejection sampling: up to 64 attempts), which uses the block's
+#: prevrandao: unknown when the gas is estimated, so draws get this much gas on top of the estimate.
+DRAW_GAS_MARGIN = 150_000
 #: The registry keeps prices in 48 bits.
 MAX_PRICE = 2**48 - 1
 
@@ -136,7 +141,7 @@ class Contest:
 
     def slot_hash(self, job: Job) -> bytes:
         """What the market stores for `job` while it is contested."""
-        return keccak(job.hash() + keccak(abi_encode([CONTEST_ABI], [self.as_abi()])))
+        return keccak(job.hash() + abi_encode([CONTEST_ABI], [self.as_abi()]))
 
     def seats(self, mask: int) -> list[int]:
         return [i for i in range(5) if mask >> i & 1]
@@ -166,6 +171,14 @@ class MarketClient:
     def register(self, acct: LocalAccount, model_hash: bytes, manifest_hash: bytes, price: int, endpoint: str = "",
                  group: bytes = ZERO32) -> dict:
         return self._tx(acct, self.registry.register(model_hash, manifest_hash, price, group, endpoint))
+
+    def invite(self, acct: LocalAccount, group: bytes, provider: str, admitted: bool = True) -> dict:
+        """As a private mesh's admin (its first provider), let `provider` register in it (or not)."""
+        return self._tx(acct, self.registry.invite(group, to_checksum_address(provider), admitted))
+
+    def group_admin(self, group: bytes) -> str | None:
+        admin = self.registry.groupAdmin(group).call()
+        return None if int(admin, 16) == 0 else to_checksum_address(admin)
 
     def deregister(self, acct: LocalAccount) -> dict:
         return self._tx(acct, self.registry.deregister())
@@ -219,12 +232,12 @@ class MarketClient:
         return JobId(bytes(args["jobId"])), Job.from_event(args, receipt["blockNumber"]), receipt
 
     def draw_seats(self, acct: LocalAccount, job: Job) -> tuple[Job, dict]:
-        receipt = self._tx(acct, self.market.drawSeats(job.as_abi()))
+        receipt = self.chain.transact(acct, self.market.drawSeats(job.as_abi()), gas_margin=DRAW_GAS_MARGIN)
         ev = self._event(receipt, "SeatsDrawn")
         return job.drawn(ev["seed"], ev["drawnAt"], ev["seats"], ev["prices"]), receipt
 
     def add_seat(self, acct: LocalAccount, job: Job) -> tuple[Job, int, dict]:
-        receipt = self._tx(acct, self.market.addSeat(job.as_abi()))
+        receipt = self.chain.transact(acct, self.market.addSeat(job.as_abi()), gas_margin=DRAW_GAS_MARGIN)
         ev = self._event(receipt, "SeatAdded")
         return job.with_seat(ev["seat"], ev["provider"], ev["price"]), int(ev["seat"]), receipt
 
@@ -253,7 +266,8 @@ class MarketClient:
         return self._tx(acct, self.market.dispute(job.as_abi(), contest.as_abi(), request))
 
     def draw_jury(self, acct: LocalAccount, job: Job, contest: Contest) -> tuple[list[str], dict]:
-        receipt = self._tx(acct, self.market.drawJury(job.as_abi(), contest.as_abi()))
+        receipt = self.chain.transact(acct, self.market.drawJury(job.as_abi(), contest.as_abi()),
+                                      gas_margin=2 * DRAW_GAS_MARGIN)
         jurors = [to_checksum_address(a) for a in self._event(receipt, "JuryDrawn")["jurors"]]
         return [a for a in jurors if int(a, 16)], receipt
 

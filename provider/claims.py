@@ -31,7 +31,7 @@ from eth_account.signers.local import LocalAccount
 from mesh.chain import Chain
 from mesh.errors import ChainError, ProtocolError
 from mesh.files import write_atomic
-from mesh.market import JobState, MarketClient, commitment, job_state
+from mesh.market import DRAW_WINDOW, JobState, MarketClient, commitment, job_state
 from mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
@@ -185,14 +185,19 @@ class ClaimKeeper:
             if now >= contest.contested_at + p.dispute_window:
                 self.mc.resolve(self.account, job, contest)
                 self.on_event(f"{short}: contest resolved on its provisional outcome")
-            elif mine and self.dispute and not c.disputed and not contest.provisional >> c.seat & 1:
+            elif (mine and self.dispute and not c.disputed and not contest.provisional >> c.seat & 1
+                  and job.jury_fee >= p.min_jury_fee):
                 self.mc.dispute(self.account, job, contest, c.request)
                 c.disputed = True
                 self._update()
                 self.on_event(f"{short}: contested and not paid provisionally; disputed (bond {job.jury_fee})")
             return
         if not st.jurors and not st.void:
-            if self.chain.w3.eth.block_number > (st.dispute_block or 0):
+            block = self.chain.w3.eth.block_number
+            if block > (st.dispute_block or 0) + DRAW_WINDOW:
+                self.mc.resolve(self.account, job, contest)
+                self.on_event(f"{short}: no jury was drawn in time; resolved on the provisional outcome")
+            elif block > (st.dispute_block or 0):
                 self.mc.draw_jury(self.account, job, contest)
                 self.on_event(f"{short}: jury drawn")
             return

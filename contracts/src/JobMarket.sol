@@ -20,9 +20,10 @@ import {ProviderRegistry} from "./ProviderRegistry.sol";
 ///
 ///         Life of a job (deadlines count from drawnAt, the draw's block time):
 ///           openJob      consumer: escrow (maxTokens * priceCap * 4: three seats and a jury reserve)
-///           drawSeats    anyone, from the next block: three seats drawn from the pool by stake, with
-///                        the hash of the open block as seed (the consumer could not know it);
-///                        nothing is locked: a provider's stake is locked only if its job is contested
+///           drawSeats    any EOA, within DRAW_WINDOW blocks after the open: three seats drawn from the
+///                        pool by stake, with a seed nobody knows before the draw's block (the open
+///                        block's hash and the draw block's prevrandao); nothing is locked: a
+///                        provider's stake is locked only if its job is contested
 ///           addSeat      consumer, before deliveryEnd: one more seat, drawn (never chosen), up to 5
 ///           settle       consumer, before revealEnd, with every seat's signed result; a seat may be
 ///                        left out only from claimEnd on, and only if it did not commit
@@ -49,7 +50,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         uint64 priceCap;
         uint64 openBlock;
         uint64 drawnAt; // 0 until the seats are drawn
-        bytes32 seed; // keccak256(jobId, blockhash(openBlock)); 0 until drawn
+        bytes32 seed; // keccak256(jobId, blockhash(openBlock), prevrandao of the draw); 0 until drawn
         address[5] seats; // three drawn, up to two added; address(0) = no seat
         uint64[5] prices;
     }
@@ -106,6 +107,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     uint64 public constant MAX_TOKENS_LIMIT = 1 << 20;
     uint256 public constant SEATS = 5;
     uint256 public constant FIRST_SEATS = 3;
+    /// Blocks after the open (or the dispute) within which the seats (or the jury) can be drawn.
+    uint256 public constant DRAW_WINDOW = 8;
     uint16 private constant PASS = 0;
     uint16 private constant SOFT = 1;
     uint16 private constant HARD = 2;
@@ -118,6 +121,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     /// Each court phase (evidence, vote commit, vote reveal) lasts this long.
     uint64 public immutable courtPhase;
     uint8 public immutable jurySize;
+    /// A dispute needs a jury fee (maxTokens * priceCap) of at least this: jurors are paid for work.
+    uint64 public immutable minJuryFee;
 
     /// Per consumer, RING slots: keccak256(abi.encode(job)) while open, keccak256(abi.encode(that,
     /// contest)) while contested, CLOSED after, 0 never used.
@@ -181,6 +186,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     error NoJury(bytes32 jobId);
     error NotJuror();
     error EvidenceMismatch(uint8 seat);
+    error DrawByContract();
+    error DisputeTooSmall(uint256 fee, uint256 min);
 
     constructor(
         ProviderRegistry registry_,
@@ -189,7 +196,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         uint64 revealWindow_,
         uint64 disputeWindow_,
         uint64 courtPhase_,
-        uint8 jurySize_
+        uint8 jurySize_,
+        uint64 minJuryFee_
     ) EIP712("Meshmarket", "2") {
         require(jurySize_ >= 1 && jurySize_ <= 3, "jury size 1 to 3");
         registry = registry_;
@@ -199,6 +207,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         disputeWindow = disputeWindow_;
         courtPhase = courtPhase_;
         jurySize = jurySize_;
+        minJuryFee = minJuryFee_;
     }
 
     // ---------------------------------------------------------------- consumer: open, draw, add
@@ -223,16 +232,15 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         emit JobOpened(jobId, msg.sender, modelHash, slot, group, promptHash, maxTokens, priceCap);
     }
 
-    /// Draw the first three seats (anyone may call, from the block after openJob, within 256
-    /// blocks): seed = keccak256(jobId, blockhash(openBlock)), fixed only once the request was on
-    /// chain. The consumer's escrow is taken here (credit first); nothing is locked.
+    /// Draw the first three seats (any externally owned account, from the block after openJob,
+    /// within DRAW_WINDOW blocks): seed = keccak256(jobId, blockhash(openBlock), prevrandao), known
+    /// to nobody before the draw's own block, so the pool cannot be arranged for it (a draw that
+    /// finds too few eligible providers reverts and may be retried in a later block of the window).
+    /// The consumer's escrow is taken here (credit first); nothing is locked.
     function drawSeats(Job calldata job) external nonReentrant {
         bytes32 jobId = _checkOpen(job);
         if (job.drawnAt != 0) revert AlreadyDrawn(jobId);
-        if (block.number <= job.openBlock) revert TooEarly(job.openBlock + 1);
-        bytes32 blockHash = blockhash(job.openBlock);
-        if (blockHash == bytes32(0)) revert DrawExpired(job.openBlock);
-        bytes32 seed = keccak256(abi.encode(jobId, blockHash));
+        bytes32 seed = _seed(jobId, job.openBlock);
         address[] memory exclude = new address[](1);
         exclude[0] = job.consumer;
         (address[3] memory seats, uint64[3] memory prices, uint256 found) = registry.draw(
@@ -288,12 +296,12 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         emit SeatAdded(jobId, uint8(n), seat[0], price[0]);
     }
 
-    /// An undrawn job whose seed block is out of reach (256 blocks) can never be drawn: anyone
-    /// closes it (it holds no escrow yet), freeing its consumer's slot.
+    /// An undrawn job past its draw window can never be drawn: anyone closes it (it holds no
+    /// escrow yet), freeing its consumer's slot.
     function expire(Job calldata job) external {
         bytes32 jobId = _checkOpen(job);
         if (job.drawnAt != 0) revert AlreadyDrawn(jobId);
-        if (block.number <= uint256(job.openBlock) + 256) revert TooEarly(job.openBlock + 257);
+        if (block.number <= uint256(job.openBlock) + DRAW_WINDOW) revert TooEarly(job.openBlock + uint64(DRAW_WINDOW) + 1);
         _store(job, CLOSED);
         uint256[5] memory none;
         emit JobSettled(jobId, Outcome.Refunded, 0, none, 0, 0);
@@ -405,38 +413,42 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         if (msg.sender != job.consumer && _presentSeatOf(job, c, msg.sender) == SEATS) revert NotAParty();
         if (keccak256(request) != job.promptHash) revert RequestMismatch();
         uint256 bond = _juryFee(job);
+        if (bond < minJuryFee) revert DisputeTooSmall(bond, minJuryFee);
         registry.collect(msg.sender, bond);
         (d.disputer, d.openedBlock) = (msg.sender, uint64(block.number));
         emit DisputeOpened(jobId, msg.sender, bond, request);
     }
 
-    /// Draw the jury (anyone, from the block after the dispute, within 256 blocks) from the job's
-    /// pool, excluding its seats, consumer and disputer, weighted by stake like the seats.
+    /// Draw the jury (any externally owned account, from the block after the dispute, within
+    /// DRAW_WINDOW blocks), weighted by stake like the seats, excluding the seats, the consumer and
+    /// the disputer, with a seed unknown before the draw's block (as for seats). A jury is always
+    /// full (jurySize): from the job's pool, else from the model's open market; if neither can
+    /// seat it, the dispute is void (one captured juror must never decide).
     function drawJury(Job calldata job, Contest calldata c) external {
         bytes32 jobId = _checkContest(job, c);
         Dispute storage d = _disputes[jobId];
         if (d.disputer == address(0)) revert NoDispute(jobId);
         if (d.juryAt != 0 || d.void) revert NoJury(jobId);
-        if (block.number <= d.openedBlock) revert TooEarly(d.openedBlock + 1);
-        bytes32 blockHash = blockhash(d.openedBlock);
-        if (blockHash == bytes32(0)) revert DrawExpired(d.openedBlock);
+        bytes32 seed = keccak256(abi.encode(_seed(jobId, d.openedBlock), "jury"));
         address[] memory exclude = new address[](SEATS + 2);
         for (uint256 i; i < SEATS; ++i) {
             exclude[i] = job.seats[i];
         }
         (exclude[SEATS], exclude[SEATS + 1]) = (job.consumer, d.disputer);
-        (address[3] memory jurors,, uint256 found) = registry.draw(
-            ProviderRegistry.DrawSpec(
-                _pool(job), keccak256(abi.encode(jobId, "jury", blockHash)), jurySize, 0, 0, false, address(0), 0
-            ),
-            exclude
-        );
-        if (found == 0) {
+        ProviderRegistry.DrawSpec memory spec =
+            ProviderRegistry.DrawSpec(_pool(job), seed, jurySize, 0, 0, false, address(0), 0);
+        (address[3] memory jurors,, uint256 found) = registry.draw(spec, exclude);
+        if (found < jurySize && job.group != bytes32(0)) {
+            spec.pool = registry.poolKey(job.modelHash, bytes32(0));
+            (jurors,, found) = registry.draw(spec, exclude);
+        }
+        if (found < jurySize) {
             d.void = true;
+            delete jurors;
         } else {
             (d.juryAt, d.jurors) = (uint64(block.timestamp), jurors);
         }
-        emit JuryDrawn(jobId, d.jurors);
+        emit JuryDrawn(jobId, jurors);
     }
 
     /// Publish what seat `seat` signed, during the evidence phase: the keccak256 of its text and
@@ -498,8 +510,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
             return;
         }
         if (d.juryAt == 0) {
-            // The dispute's seed block is out of reach and nobody drew a jury: void.
-            if (block.number <= uint256(d.openedBlock) + 256) revert NoJury(jobId);
+            // Nobody drew a jury within the draw window: void.
+            if (block.number <= uint256(d.openedBlock) + DRAW_WINDOW) revert NoJury(jobId);
             _close(jobId, job, Outcome.Provisional, c, c.provisional, 0, 0, d, _juryFee(job));
             return;
         }
@@ -535,6 +547,15 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- internals
 
     /// The job's id, if `job` is open and not contested (its slot holds exactly its hash).
+    /// keccak256(jobId, blockhash(fromBlock), prevrandao), in the DRAW_WINDOW blocks after
+    /// `fromBlock`, called by an externally owned account (a contract could draw, look, and revert).
+    function _seed(bytes32 jobId, uint64 fromBlock) private view returns (bytes32) {
+        if (msg.sender != tx.origin) revert DrawByContract();
+        if (block.number <= fromBlock) revert TooEarly(fromBlock + 1);
+        if (block.number > uint256(fromBlock) + DRAW_WINDOW) revert DrawExpired(fromBlock);
+        return keccak256(abi.encode(jobId, blockhash(fromBlock), block.prevrandao));
+    }
+
     function _checkOpen(Job calldata job) private view returns (bytes32 jobId) {
         jobId = _jobId(job);
         if (job.slot >= RING || _slots[job.consumer][job.slot] != _jobHash()) revert JobNotOpen(jobId);
@@ -611,12 +632,18 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
             return;
         }
         c.locks = registry.lockSeats(job.seats, job.prices, job.maxTokens, c.present | c.slashed);
-        uint256 provisional = best >= 2 && !tie ? bestMask : 0;
-        for (uint256 i; i < SEATS; ++i) {
-            // A seat that could not back its full lock is not paid on a majority: it must be judged.
-            if (provisional & (1 << i) != 0 && c.locks[i] < registry.lockFor(job.maxTokens, job.prices[i])) {
-                provisional &= ~(1 << i);
+        // The provisional outcome: a strict majority (more than half the valid results, two or
+        // more) counting only seats that backed their full lock; a seat that could not is judged.
+        uint256 provisional;
+        if (!tie && best * 2 > valid) {
+            uint256 backed;
+            for (uint256 i; i < SEATS; ++i) {
+                if (bestMask & (1 << i) != 0 && c.locks[i] >= registry.lockFor(job.maxTokens, job.prices[i])) {
+                    provisional |= 1 << i;
+                    ++backed;
+                }
             }
+            if (backed < 2 || backed * 2 <= valid) provisional = 0;
         }
         c.provisional = uint8(provisional);
         c.contestedAt = uint64(block.timestamp);

@@ -113,6 +113,9 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     /// Consumers' prepaid or refunded tokens; jobs and bonds spend it before pulling with transferFrom.
     mapping(address => uint256) public credit;
     mapping(bytes32 => Member[]) internal _pools;
+    /// A private mesh's admin (its first provider) and whom it invited.
+    mapping(bytes32 => address) public groupAdmin;
+    mapping(bytes32 => mapping(address => bool)) public invited;
 
     /// `endpoint` is the provider's libp2p multiaddr ending in /p2p/<peer id>: where consumers
     /// fetch the manifest. It is only logged, never stored; the peer id proves the address.
@@ -125,6 +128,10 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         string endpoint
     );
     event ProviderDeregistered(address indexed provider);
+    event GroupClaimed(bytes32 indexed group, address indexed admin);
+    /// Thawing stake taken back into stake to back the lock of a contested seat.
+    event ThawReclaimed(address indexed provider, uint256 amount);
+    event GroupInvite(bytes32 indexed group, address indexed provider, bool admitted);
     event Staked(address indexed provider, uint256 amount);
     event UnstakeRequested(address indexed provider, uint256 amount, uint64 readyAt);
     event StakeWithdrawn(address indexed provider, uint256 amount);
@@ -146,6 +153,8 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     error NothingOwed();
     error NothingToWithdraw();
     error HeldMismatch(uint256 out, uint256 held);
+    error NotGroupAdmin(bytes32 group);
+    error NotInvited(bytes32 group, address provider);
 
     modifier onlyMarket() {
         if (msg.sender != market) revert OnlyMarket();
@@ -181,6 +190,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         if (modelHash == bytes32(0) || manifestHash == bytes32(0)) revert ZeroHash();
         if (price == 0 || price > type(uint48).max) revert ZeroPrice();
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(bytes(endpoint).length);
+        if (group != bytes32(0)) _admit(group);
         Listing storage l = listings[msg.sender];
         bytes32 pool = poolKey(modelHash, group);
         if (l.poolIndex != 0 && poolKey(l.modelHash, l.group) != pool) _leavePool(msg.sender, l);
@@ -192,6 +202,26 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         accounts[msg.sender].price = price;
         _sync(msg.sender);
         emit ProviderRegistered(msg.sender, modelHash, group, manifestHash, price, endpoint);
+    }
+
+    /// A private mesh admits whom its admin invited: the first provider to register in a group
+    /// becomes its admin. Consent runs both ways: a provider joins only the meshes it registers
+    /// in, and a mesh holds only the providers it invited (else anyone's sybils could join a small
+    /// mesh and sit on its juries).
+    function invite(bytes32 group, address provider, bool admitted) external {
+        if (groupAdmin[group] != msg.sender) revert NotGroupAdmin(group);
+        invited[group][provider] = admitted;
+        emit GroupInvite(group, provider, admitted);
+    }
+
+    function _admit(bytes32 group) private {
+        address admin = groupAdmin[group];
+        if (admin == address(0)) {
+            groupAdmin[group] = msg.sender;
+            emit GroupClaimed(group, msg.sender);
+        } else if (admin != msg.sender && !invited[group][msg.sender]) {
+            revert NotInvited(group, msg.sender);
+        }
     }
 
     /// Stop being drawn for new jobs; seats already drawn are unaffected.
@@ -346,6 +376,18 @@ contract ProviderRegistry is ReentrancyGuardTransient {
             Account storage a = accounts[seats[i]];
             uint256 want = lockFor(maxTokens, prices[i]);
             uint256 free = a.stake - a.locked;
+            if (free < want) {
+                // Stake the seat put to thaw after it was drawn is still here (a job ends long
+                // before a thaw does): it comes back to back the lock, so unstaking dodges nothing.
+                Thaw storage t = thaws[seats[i]];
+                uint64 back = uint64(want - free < t.amount ? want - free : t.amount);
+                if (back != 0) {
+                    t.amount -= back;
+                    a.stake += back;
+                    free += back;
+                    emit ThawReclaimed(seats[i], back);
+                }
+            }
             locks[i] = uint64(want < free ? want : free);
             a.locked += locks[i];
             _sync(seats[i]);
