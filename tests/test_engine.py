@@ -1,4 +1,5 @@
-"""Real llama.cpp on the real SmolLM2-135M GGUF: determinism, limits, cancellation, manifests.
+"""Real llama.cpp on the real SmolLM2-135M GGUF: determinism, limits, cancellation, stop strings,
+the output's tokens (what a seat signs and a jury checks), manifests and the build they declare.
 
 No mocks: the point is to catch the ways real inference drifts between jobs and processes.
 """
@@ -16,9 +17,18 @@ import pytest
 from eth_account import Account
 
 from mesh.errors import ContextOverflowError, ManifestError
-from mesh.protocol import Hardware, Manifest, Sampling
-from provider.engine import EngineSlot, LlamaCppEngine, default_model_path, output_hash
+from mesh.protocol import PROTOCOL_VERSION, Hardware, Manifest, Sampling, StopScanner, output_hash
+from provider.engine import (
+    FLASH_ATTN,
+    N_BATCH,
+    N_UBATCH,
+    EngineSlot,
+    LlamaCppEngine,
+    build_of,
+    default_model_path,
+)
 from provider.modelfile import manifest_for, model_info
+from provider.runtime import build_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -30,11 +40,8 @@ def model_path() -> Path:
     return default_model_path()
 
 
-@pytest.fixture(scope="module")
-def engine(model_path: Path) -> LlamaCppEngine:
-    eng = LlamaCppEngine(model_path, n_ctx=2048, n_threads=1)
-    yield eng
-    eng.close()
+# `engine` is the session's engine (tests/conftest.py): the same one the provider tests use, so
+# these tests also prove that an engine which already served other jobs stays deterministic.
 
 
 # --------------------------------------------------------------------------- determinism
@@ -50,9 +57,10 @@ def test_repeated_jobs_are_byte_identical(engine: LlamaCppEngine, temperature: f
     engine.generate(other).run()
     results = [first, engine.generate(request).run(), engine.generate(request).run()]
     assert len({r.text.encode() for r in results}) == 1
+    assert len({r.tokens for r in results}) == 1
     assert len({r.output_hash for r in results}) == 1
-    assert first.output_hash == output_hash(first.text)
-    assert first.completion_tokens == 32 and first.finish_reason == "length"
+    assert first.output_hash == output_hash(first.text, first.tokens)
+    assert first.completion_tokens == len(first.tokens) == 32 and first.finish_reason == "length"
 
 
 def test_streamed_pieces_join_to_result(engine: LlamaCppEngine) -> None:
@@ -76,8 +84,10 @@ import json, sys
 from mesh.protocol import Sampling
 from provider.engine import LlamaCppEngine, default_model_path
 engine = LlamaCppEngine(default_model_path(), n_ctx=2048, n_threads=1)
+from provider.engine import build_of
 result = engine.generate(Sampling.parse(json.loads(sys.argv[1]))).run()
-print(json.dumps({"text": result.text, "hash": result.output_hash, "tokens": result.completion_tokens}))
+print(json.dumps({"text": result.text, "hash": result.output_hash.hex(), "tokens": list(result.tokens),
+                  "build": engine.build.fingerprint, "build_of": build_of().fingerprint}))
 """
 
 
@@ -102,8 +112,10 @@ def test_separate_processes_agree(engine: LlamaCppEngine) -> None:
     local = engine.generate(Sampling.parse(spec)).run()
     for out in outputs:
         assert out["text"].encode() == local.text.encode()
-        assert out["hash"] == local.output_hash
-        assert out["tokens"] == local.completion_tokens
+        assert out["tokens"] == list(local.tokens)
+        assert out["hash"] == local.output_hash.hex()
+        # The build a process declares is the same in every process of this machine.
+        assert out["build"] == out["build_of"] == engine.build.fingerprint == build_of().fingerprint
 
 
 def test_concurrent_callers_are_serialised(engine: LlamaCppEngine) -> None:
@@ -132,7 +144,7 @@ def test_cancel_stops_early_and_next_job_is_clean(engine: LlamaCppEngine) -> Non
             cancel.set()
     assert gen.result.finish_reason == "cancelled"
     assert gen.result.completion_tokens <= 4
-    assert gen.result.text == "".join(received)
+    assert gen.result.text == "".join(received) == engine.text_of(gen.result.tokens)
 
     already = threading.Event()
     already.set()
@@ -141,6 +153,7 @@ def test_cancel_stops_early_and_next_job_is_clean(engine: LlamaCppEngine) -> Non
     full = engine.generate(request).run()
     assert full.completion_tokens == 48
     assert full.text.startswith(gen.result.text)
+    assert full.tokens[:gen.result.completion_tokens] == gen.result.tokens
 
 
 def test_closing_an_abandoned_stream_frees_the_model(engine: LlamaCppEngine) -> None:
@@ -182,6 +195,106 @@ def test_engine_slot_answers_busy_without_waiting() -> None:
         slot.release()
 
 
+# --------------------------------------------------------------------------- tokens and stop strings
+
+CAFE = [{"role": "user", "content": "Write the French word for coffee, with its accent."}]
+LIST = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def listed(engine: LlamaCppEngine):
+    """LIST answered without stop strings (the reference the stop tests cut)."""
+    return engine.generate(Sampling(messages=LIST, max_tokens=40)).run()
+
+
+@pytest.mark.parametrize("messages", [COLOURS, POEM, CAFE], ids=["colours", "poem", "cafe"])
+def test_the_tokens_reproduce_the_text_and_the_signed_hash(engine: LlamaCppEngine, messages) -> None:
+    """What a jury does with a seat's evidence: detokenize the tokens one by one and compare with the
+    text; the output hash covers both."""
+    result = engine.generate(Sampling(messages=messages, max_tokens=40)).run()
+    assert result.text and engine.text_of(result.tokens) == result.text
+    assert result.output_hash == output_hash(result.text, result.tokens)
+    assert result.output_hash != output_hash(result.text, result.tokens[:-1])
+    assert b"".join(engine.piece(t) for t in result.tokens).decode("utf-8") == result.text
+    assert all(isinstance(t, int) and 0 <= t < 2**32 for t in result.tokens)
+
+
+def test_the_end_of_sequence_token_is_not_an_output_token(engine: LlamaCppEngine) -> None:
+    """A model that ends its answer stops the job ("stop"); the end-of-sequence token is neither in
+    the tokens nor paid for: with exactly that many tokens allowed the job ends by length with the
+    same tokens, one more and it ends by the model."""
+    request = Sampling(messages=[{"role": "user", "content": "Say hello."}], max_tokens=200)
+    ended = engine.generate(request).run()
+    n = ended.completion_tokens
+    assert ended.finish_reason == "stop" and 0 < n < 200
+    exact = engine.generate(request.model_copy(update={"max_tokens": n})).run()
+    assert exact.finish_reason == "length" and exact.tokens == ended.tokens and exact.text == ended.text
+    more = engine.generate(request.model_copy(update={"max_tokens": n + 1})).run()
+    assert more.finish_reason == "stop" and more.tokens == ended.tokens
+
+
+def _starts(engine: LlamaCppEngine, tokens) -> list[int]:
+    """Where each token's text starts in the output (ASCII output: characters = bytes)."""
+    return [len(engine.text_of(tokens[:k])) for k in range(len(tokens))]
+
+
+def _stops_for(engine: LlamaCppEngine, full) -> dict[str, tuple[str, ...]]:
+    """Stop strings taken from an answer generated without them (so none is hard-coded)."""
+    starts = _starts(engine, full.tokens)
+    mid = next(k for k in range(10, len(full.tokens)) if len(engine.text_of(full.tokens[k:k + 1])) >= 3)
+    return {
+        # Three whole tokens: the first two must be held back until the third completes it.
+        "across tokens": (engine.text_of(full.tokens[12:15]),),
+        # Starting inside a token: the token is cut, its head released.
+        "inside a token": (full.text[starts[mid] + 1:starts[mid] + 7],),
+        # Two stops: the one that appears first in the text wins, whichever is listed first.
+        "two stops": (engine.text_of(full.tokens[20:22]), engine.text_of(full.tokens[8:10])),
+    }
+
+
+@pytest.mark.parametrize("case", ["across tokens", "inside a token", "two stops"])
+def test_a_stop_string_ends_the_job_before_it(engine: LlamaCppEngine, listed, case: str) -> None:
+    full = listed
+    assert full.completion_tokens >= 30 and full.text.isascii()
+    stop = _stops_for(engine, full)[case]
+    if case == "two stops":
+        assert 0 <= full.text.find(stop[1]) < full.text.find(stop[0])
+    # The job ends at the first token whose text completes a stop string, the text before the
+    # stop string that starts first.
+    k = next(k for k in range(1, len(full.tokens) + 1) if any(s in engine.text_of(full.tokens[:k]) for s in stop))
+    so_far = engine.text_of(full.tokens[:k])
+    cut = min(so_far.find(s) for s in stop if s in so_far)
+
+    gen = engine.generate(Sampling(messages=LIST, max_tokens=40, stop=stop))
+    pieces = list(gen)
+    result = gen.result
+    assert result.finish_reason == "stop"
+    assert result.text == so_far[:cut] == full.text[:cut] and not any(s in result.text for s in stop)
+    assert result.tokens == full.tokens[:k] and k < len(full.tokens)
+    # Streamed pieces never carried any of the stop string: they join to exactly the cut text.
+    assert "".join(pieces) == result.text
+    assert all(p for p in pieces)
+    # The signed output: the tokens include those of the stop string, the text ends before it, and a
+    # jury recomputes exactly this text from the tokens and the request's stop strings.
+    assert engine.text_of(result.tokens, stop) == result.text
+    assert any(s in engine.text_of(result.tokens) for s in stop)
+    assert result.output_hash == output_hash(result.text, result.tokens)
+    assert StopScanner.cut(full.text, stop) == result.text
+
+
+def test_a_stop_string_that_never_completes_changes_nothing(engine: LlamaCppEngine, listed) -> None:
+    """A stop whose start ends the output is held back to the end, then released: the answer is the
+    one without stop strings."""
+    full = listed
+    stop = (full.text[-2:] + "\x07",)
+    gen = engine.generate(Sampling(messages=LIST, max_tokens=40, stop=stop))
+    pieces = list(gen)
+    assert gen.result.finish_reason == full.finish_reason
+    assert "".join(pieces) == gen.result.text == full.text and gen.result.tokens == full.tokens
+    assert engine.text_of(gen.result.tokens, stop) == full.text
+    assert not pieces[-1] or full.text.endswith(pieces[-1])
+
+
 # --------------------------------------------------------------------------- manifest
 
 
@@ -197,8 +310,9 @@ def signed_manifest(model_path: Path, provider_account) -> Manifest:
         price_per_token=3 * 10**15,
         peer_id="16Uiu2HAmExamplePeer",
         multiaddrs=["/ip4/127.0.0.1/tcp/4001"],
-        protocol_version="/meshmarket/infer/1.0.0",
+        protocol_version=str(PROTOCOL_VERSION),
         hardware=Hardware(cpu_threads=1, gpu_name="", gpu_memory_mb=0, gpu_layers=0),
+        build=build_of(),
         provider=provider_account.address,
         issued_at=1_700_000_000,
     )
@@ -223,7 +337,8 @@ def test_manifest_round_trip_and_signature(signed_manifest: Manifest, provider_a
     assert decoded.verify() == provider_account.address
     assert len(bytes.fromhex(decoded.manifest_hash()[2:])) == 32
     canonical = signed_manifest.canonical_bytes()
-    assert canonical.startswith(b'{"architecture":"llama","context_length":8192,"hardware":{"cpu_threads":1,')
+    assert canonical.startswith(b'{"architecture":"llama","build":{"backend":"')
+    assert b'},"context_length":8192,"hardware":{"cpu_threads":1,' in canonical
     assert json.loads(canonical) == {k: v for k, v in signed_manifest.to_dict().items() if k != "signature"}
 
 
@@ -251,7 +366,11 @@ def test_manifest_ignores_unknown_fields(signed_manifest: Manifest) -> None:
         (("hardware",), [], "hardware must be an object"),
         (("provider",), "0x" + "ab" * 20, "checksummed"),
         (("model_sha256",), "abc", "model_sha256: String should match pattern"),
-        (("version",), 2, "unsupported manifest version"),
+        (("version",), 1, "unsupported manifest version 1, expected 2"),
+        (("build", "n_batch"), "512", "build.n_batch must be an integer"),
+        (("build", "cpu_features"), "AVX", "build.cpu_features must be a list"),
+        (("build", "llama_cpp"), "", "build.llama_cpp must not be empty"),
+        (("build",), "fp_0123456789", "build must be an object"),
         (("kind",), "meshmarket.receipt", "kind must be 'meshmarket.manifest'"),
     ],
 )
@@ -290,3 +409,26 @@ def test_manifest_signed_by_someone_else_is_rejected(signed_manifest: Manifest, 
         stolen.verify()
     with pytest.raises(ManifestError, match="not signed"):
         signed_manifest.model_copy(update={"signature": None}).verify()
+
+
+def test_the_manifest_declares_this_machines_build(engine: LlamaCppEngine, model_path: Path, provider_account) -> None:
+    """The manifest a provider registers (provider.runtime.build_manifest) declares the build its
+    engine runs: llama.cpp's version and backend, the CPU features, the engine's batch settings. Its
+    fingerprint is stable (the same build always says the same) and signed with the manifest."""
+    import llama_cpp
+
+    m = build_manifest(provider_account, model_path, 10, "127.0.0.1", 4001, threads=1, gpu_layers=0, ctx=1024)
+    assert m.verify() == provider_account.address and m.protocol_version == str(PROTOCOL_VERSION)
+    assert m.build == build_of() == engine.build
+    assert m.build.llama_cpp == llama_cpp.__version__ and m.build.backend == "CPU" and m.build.gpu_layers == 0
+    assert (m.build.n_batch, m.build.n_ubatch, m.build.flash_attn) == (N_BATCH, N_UBATCH, FLASH_ATTN)
+    info = llama_cpp.llama_print_system_info().decode()
+    assert m.build.cpu_features and all(f"{f} = 1" in info for f in m.build.cpu_features)
+    assert list(m.build.cpu_features) == sorted(set(m.build.cpu_features))
+    assert m.context_length == 1024
+    fp = m.build.fingerprint
+    assert fp.startswith("fp_") and len(fp) == 13 and int(fp[3:], 16) >= 0
+    assert fp == build_of().fingerprint == Manifest.from_json(m.to_json()).build.fingerprint
+    assert build_of(gpu_layers=8).fingerprint != fp  # offloading changes the floats: another build
+    again = build_manifest(provider_account, model_path, 10, "127.0.0.1", 4001, threads=4, gpu_layers=0, ctx=2048)
+    assert again.build == m.build  # threads and context do not change outputs: not part of the build
