@@ -1,4 +1,5 @@
-"""Options and helpers shared by the command groups."""
+"""Options and helpers shared by the command groups: the chain, the signing account, amounts and
+prices (one parser each, mesh.types), JSON output and tables."""
 
 from __future__ import annotations
 
@@ -11,23 +12,61 @@ from eth_account.signers.local import LocalAccount
 from mesh import config, keys
 from mesh.chain import Chain
 from mesh.config import Deployment
+from mesh.market import MAX_PRICE
+from mesh.types import parse_amount, parse_price
 
 rpc_option = click.option("--rpc", "rpc", default=None, metavar="URL",
-                          help="JSON-RPC URL of the chain (default: $MESH_RPC_URL, the deployment's, or Anvil's 8545).")
+                          help="JSON-RPC URL of the chain (default: $MESH_RPC_URL, the recorded market's, or the "
+                               "chain `mesh chain up` runs).")
 account_option = click.option("--account", "account_name", default=None, metavar="ADDRESS|dev:N",
-                              help="Signing account: a keystore address, or dev:N on the local chain. Default: $MESH_ACCOUNT.")
+                              help="Signing account: a keystore address, or dev:N on the local chain. Default: "
+                                   "$MESH_ACCOUNT, else the only keystore account.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def amount_callback(ctx, param, value):
+    """A click callback: '12.5' (MESH) or '12500000u' (base units) -> base units."""
+    if value is None:
+        return None
+    try:
+        return parse_amount(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def price_callback(ctx, param, value):
+    """A click callback: a price per output token (mesh.types.parse_price) -> base units per token."""
+    if value is None:
+        return None
+    try:
+        price = parse_price(str(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not 1 <= price <= MAX_PRICE:
+        raise click.BadParameter(f"a price is 1 to {MAX_PRICE:,} base units per token, not {price:,}")
+    return price
 
 
 def open_chain(rpc: str | None) -> Chain:
     return Chain.open(Deployment.load(), config.rpc_url(rpc))
 
 
+def account_name(name: str | None, default: str | None = None) -> str:
+    """--account, else $MESH_ACCOUNT, else `default`, else the only keystore account here."""
+    name = name or os.environ.get("MESH_ACCOUNT") or default
+    if name:
+        return name
+    found = keys.list_accounts()
+    if len(found) == 1:
+        return found[0]
+    hint = (f"{len(found)} keystore accounts are here ({', '.join(found)})" if found else "no keystore account is here")
+    raise click.UsageError(f"no account given and {hint}: pass --account ADDRESS (or dev:N on the local chain), "
+                           "or set MESH_ACCOUNT")
+
+
 def resolve_account(name: str | None, chain_id: int | None, default: str | None = None) -> LocalAccount:
     """Load the signing account; the keystore password comes from $MESH_PASSWORD or a prompt."""
-    name = name or os.environ.get("MESH_ACCOUNT") or default
-    if not name:
-        raise click.UsageError("no account given: pass --account ADDRESS (see `mesh account list`) or set MESH_ACCOUNT")
+    name = account_name(name, default)
     password = None
     if not name.startswith("dev:") and keys.has_keystore(name):
         password = os.environ.get("MESH_PASSWORD")

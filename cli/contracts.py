@@ -1,34 +1,20 @@
-"""`mesh contracts deploy|show`: deploy the token, registry and market; show the deployment."""
+"""`mesh contracts deploy|show`: deploy a new market (token, registry and market); show the recorded one."""
 
 from __future__ import annotations
 
 import click
 
-from mesh import config
-from contracts.deploy import deploy as deploy_all
-from mesh.chain import connect
 from cli.common import account_option, echo_json, json_option, resolve_account, rpc_option
+from cli.market import deployment_json, describe
+from contracts.deploy import deploy as deploy_all
+from mesh import config
+from mesh.chain import connect
 from mesh.config import Deployment, MarketParams
-from mesh.types import format_amount
 
 
 @click.group()
 def contracts() -> None:
-    """Deploy and inspect the market's contracts."""
-
-
-def describe(dep: Deployment) -> str:
-    p = dep.params
-    return "\n".join([
-        f"chain id      {dep.chain_id}  ({dep.rpc_url})",
-        f"token         {dep.token}  (MESH, 6 decimals)",
-        f"registry      {dep.registry}  (stake, escrow and earnings vault)",
-        f"market        {dep.market}",
-        f"block         {dep.block}",
-        f"min job lock  {format_amount(p.min_job_lock)}, collateral x{p.collateral_ratio}, thaw {p.thaw_period} s",
-        f"windows       delivery {p.delivery_window} s, settle {p.settle_window} s, "
-        f"commit {p.commit_window} s, reveal {p.reveal_window} s",
-    ])
+    """Deploy a new market's contracts (to use an existing market, `mesh market join` it)."""
 
 
 @contracts.command()
@@ -36,8 +22,11 @@ def describe(dep: Deployment) -> str:
 @account_option
 @json_option
 def deploy(rpc: str | None, account_name: str | None, as_json: bool) -> None:
-    """Deploy MeshToken, ProviderRegistry and JobMarket and record where they are."""
-    url = config.rpc_url(rpc)
+    """Deploy MeshToken, ProviderRegistry and JobMarket and record where they are.
+
+    The chain is --rpc, else $MESH_RPC_URL, else the chain `mesh chain up` runs from this user
+    directory, else the recorded market's chain."""
+    url = config.rpc_url(rpc, new_deployment=True)
     w3 = connect(url)
     chain_id = w3.eth.chain_id
     default = "dev:0" if chain_id == config.ANVIL_CHAIN_ID else None
@@ -45,18 +34,19 @@ def deploy(rpc: str | None, account_name: str | None, as_json: bool) -> None:
     dep = deploy_all(w3, acct, url, MarketParams())
     path = dep.save()
     if as_json:
-        echo_json({**dep.__dict__, "params": dep.params.__dict__, "path": str(path)})
+        echo_json({**deployment_json(dep), "path": str(path)})
     else:
         click.echo(describe(dep))
         click.echo(f"recorded in   {path}")
+        click.echo("other machines join it with `mesh market join RPC_URL` (their RPC URL for this chain)", err=True)
 
 
 @contracts.command()
 @json_option
 def show(as_json: bool) -> None:
-    """Print the recorded deployment."""
+    """Print the recorded deployment (as `mesh market show`)."""
     dep = Deployment.load()
     if as_json:
-        echo_json({**dep.__dict__, "params": dep.params.__dict__})
+        echo_json(deployment_json(dep))
     else:
         click.echo(describe(dep))

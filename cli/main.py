@@ -18,11 +18,12 @@ from mesh.errors import MeshError, sole_error
 COMMANDS = {
     "chain": "cli.chain:chain",
     "contracts": "cli.contracts:contracts",
+    "market": "cli.market:market",
     "token": "cli.token:token",
     "account": "cli.account:account",
     "provider": "cli.provider:provider",
     "ask": "cli.consumer:ask",
-    "models": "cli.consumer:models",
+    "models": "cli.market:models",
     "settle": "cli.consumer:settle",
     "ledger": "cli.ledger:ledger",
     "demo": "cli.demo:demo",

@@ -1,4 +1,4 @@
-"""`mesh provider register|start|status|earnings|unstake|withdraw`: earn tokens serving a model."""
+"""`mesh provider register|start|check|status|earnings|unstake|withdraw|deregister`: earn tokens serving a model."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import sys
 
 import click
 
-from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
-from cli.token import _amount
-from mesh.market import MAX_PRICE, MarketClient
-from mesh.types import format_amount
+from cli.common import (account_option, amount_callback, echo_json, json_option, open_chain, price_callback,
+                        resolve_account, rpc_option, table)
+from mesh.errors import ConfigError
+from mesh.market import MarketClient
+from mesh.types import format_amount, format_price, format_when
 
 
 @click.group()
@@ -19,17 +20,16 @@ def provider() -> None:
 
 
 def _account(account_name, chain):
-    """--account, else the one provider registered from this user directory."""
-    from provider.runtime import ProviderSettings
-
-    return resolve_account(account_name or ProviderSettings.load().account, chain.chain_id)
+    """--account, else $MESH_ACCOUNT, else the one provider registered from this user directory."""
+    return resolve_account(_address(account_name), chain.chain_id)
 
 
 @provider.command()
 @click.option("--model", default="default", show_default=True, help="GGUF file path, or 'default' (SmolLM2-135M Q4_1).")
-@click.option("--price", type=click.IntRange(1, MAX_PRICE), required=True, help="Base units per output token.")
-@click.option("--stake", default="0", callback=_amount, help="MESH to stake now (e.g. 100 or 100000000u).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="IP to listen on.")
+@click.option("--price", callback=price_callback, required=True, metavar="PRICE",
+              help="Per output token, in MESH per 1M tokens (= base units per token): 10, 10u or 0.00001/token.")
+@click.option("--stake", default="0", callback=amount_callback, help="MESH to stake now (e.g. 100 or 100000000u).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IP to listen on (0.0.0.0: every interface).")
 @click.option("--announce", default=None, metavar="IP",
               help="IP peers dial, when it is not --host (e.g. --host 0.0.0.0 --announce 203.0.113.7).")
 @click.option("--port", type=click.IntRange(1, 65535), default=4001, show_default=True, help="TCP port to listen on.")
@@ -41,7 +41,9 @@ def _account(account_name, chain):
               help="Join the private mesh NAME (its consumers ask with --group NAME) instead of the open market.")
 @account_option
 @rpc_option
-def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, group, account_name, rpc) -> None:
+@json_option
+def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, group, account_name, rpc,
+             as_json) -> None:
     """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
     from provider.runtime import endpoint_of, register_provider
     from mesh.protocol import Manifest
@@ -51,14 +53,22 @@ def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx
     settings = register_provider(chain, acct, model, price, stake, host=host, port=port, threads=threads,
                                  gpu_layers=gpu_layers, ctx=ctx, group=group, announce=announce)
     m = Manifest.parse(settings.manifest)
+    a = MarketClient(chain).account(acct.address)
+    if as_json:
+        echo_json({"address": acct.address, "model_id": m.model_id, "model_hash": m.model_sha256,
+                   "quantization": m.quantization, "context_length": m.context_length, "group": group,
+                   "build": m.build.fingerprint if m.build else None, "price": price, "endpoint": endpoint_of(m),
+                   "listen": f"{host}:{port}", "staked": stake, "stake": a["stake"], "manifest_hash": m.manifest_hash()})
+        return
     click.echo(f"registered {acct.address}")
-    click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length}) sha256 {m.model_sha256}")
+    click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length})")
+    click.echo(f"            --model {m.model_sha256}")
     click.echo(f"  pool      {'private mesh ' + repr(group) if group else 'the open market'}")
     click.echo(f"  build     {m.build.fingerprint if m.build else '?'}")
-    click.echo(f"  price     {price} base units per output token")
-    click.echo(f"  endpoint  {endpoint_of(m)}")
-    click.echo(f"  stake     +{format_amount(stake)}")
-    click.echo("start serving with `mesh provider start`")
+    click.echo(f"  price     {format_price(price)} ({price} base units per output token)")
+    click.echo(f"  endpoint  {endpoint_of(m)} (listening on {host}:{port})")
+    click.echo(f"  stake     +{format_amount(stake)} -> {format_amount(a['stake'])}")
+    click.echo("start serving with `mesh provider start`; `mesh provider check` then dials it as consumers do")
 
 
 @provider.command()
@@ -95,7 +105,8 @@ def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_eng
     def on_job(entry) -> None:
         ft = "-" if math.isnan(entry.first_token_ms) else f"{entry.first_token_ms:.0f} ms"
         click.echo(f"job 0x{entry.job_id.hex()[:12]}… from {entry.consumer[:10]}…: {entry.outcome}, "
-                   f"{entry.tokens} tokens x {entry.price} = {entry.pay} base units (if agreed), first token {ft}")
+                   f"{entry.tokens} tokens x {format_price(entry.price)} = {format_amount(entry.pay)} (if agreed), "
+                   f"first token {ft}")
         sys.stdout.flush()
 
     def on_claim(msg: str) -> None:
@@ -104,6 +115,22 @@ def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_eng
 
     run_provider(chain, acct, settings, on_ready=ready, on_job=on_job, on_claim=on_claim, claim_poll=claim_poll,
                  engine=engine)
+
+
+def _manifest_match(address: str, a: dict) -> str | None:
+    """Whether this directory's saved manifest is the registered one: consumers reject the node's
+    manifest otherwise (None: no settings for this provider here)."""
+    from provider.runtime import ProviderSettings
+    from mesh.protocol import Manifest
+
+    try:
+        settings = ProviderSettings.load(address)
+    except ConfigError:
+        return None
+    if Manifest.parse(settings.manifest).manifest_hash() == "0x" + bytes(a["manifest_hash"]).hex():
+        return "this directory's manifest (consumers accept it)"
+    return ("NOT this directory's manifest: registered again elsewhere? consumers reject this node's manifest "
+            "until you run `mesh provider register` here again")
 
 
 @provider.command()
@@ -115,16 +142,62 @@ def status(account_name, rpc, as_json) -> None:
     chain = open_chain(rpc)
     address = _address(account_name)
     a = MarketClient(chain).account(address)
+    registered = a["listed"]
+    match = _manifest_match(address, a) if registered else None
     if as_json:
-        echo_json({"address": address, **a})
+        echo_json({"address": address, "registered": registered, "manifest_check": match, **a})
         return
-    rows = [["stake", format_amount(a["stake"])], ["locked by open jobs", format_amount(a["locked"])],
+    money = a["stake"] or a["owed"] or a["thawing"]
+    if not registered and not money:
+        raise ConfigError(f"{address} is not registered as a provider on this market (no stake, no earnings)",
+                          "register it with `mesh provider register --account ...`")
+    when = format_when(a["thaw_ready_at"], chain.pending_time()) if a["thawing"] else ""
+    rows = [["stake", format_amount(a["stake"])], ["locked by contested jobs", format_amount(a["locked"])],
             ["free", format_amount(a["stake"] - a["locked"])], ["earnings to withdraw", format_amount(a["owed"])],
-            ["thawing", format_amount(a["thawing"]) + (f" (ready at {a['thaw_ready_at']})" if a["thawing"] else "")],
-            ["price per token", f"{a['price']} base units"], ["model", "0x" + bytes(a["model_hash"]).hex()],
-            ["manifest", "0x" + bytes(a["manifest_hash"]).hex()]]
-    click.echo(f"provider {address}")
+            ["thawing", format_amount(a["thawing"]) + (f", withdrawable {when}" if a["thawing"] else "")]]
+    if registered:
+        rows += [["price", format_price(a["price"])], ["model", "0x" + bytes(a["model_hash"]).hex()],
+                 ["pool", "open market" if not any(bytes(a["group"])) else "private mesh 0x" + bytes(a["group"]).hex()],
+                 ["manifest", "0x" + bytes(a["manifest_hash"]).hex()]]
+        if match:
+            rows.append(["", match])
+    click.echo(f"provider {address}" + ("" if registered else ": not registered (deregistered); what it still holds:"))
     click.echo(table(rows, ["", "value"]))
+
+
+@provider.command()
+@account_option
+@rpc_option
+@json_option
+def check(account_name, rpc, as_json) -> None:
+    """Dial this provider's registered endpoint as a consumer does, and check its manifest the same way."""
+    from cli.market import probe
+    from consumer.discovery import discover
+
+    chain = open_chain(rpc)
+    address = _address(account_name)
+    a = MarketClient(chain).account(address)
+    if not a["listed"]:
+        raise ConfigError(f"{address} is not registered as a provider on this market", "run `mesh provider register`")
+    mh = bytes(a["model_hash"])
+    offer = next((o for o in discover(chain, mh, bytes(a["group"])) if o.address == address), None)
+    if offer is None:
+        raise ConfigError(f"{address} registered no endpoint consumers can dial", "run `mesh provider register` again")
+    result = probe([(offer, mh)])[address]
+    m = result["manifest"]
+    if as_json:
+        echo_json({"address": address, "endpoint": offer.endpoint, "status": result["status"],
+                   "reason": result["reason"], "model_id": m.model_id if m else None})
+    elif m is not None:
+        click.echo(f"{address} at {offer.endpoint}: reachable, manifest accepted "
+                   f"({m.model_id}, {m.quantization}, ctx {m.context_length}, {format_price(m.price_per_token)})")
+    if result["status"] == "unreachable":
+        raise ConfigError(f"consumers cannot reach {address} at {offer.endpoint}: {result['reason']}",
+                          "is `mesh provider start` running, and does its --announce address reach it from the "
+                          "consumers' network (firewall, NAT)?")
+    if result["status"] == "rejected":
+        raise ConfigError(f"consumers reject the manifest of {address}: {result['reason']}",
+                          "run `mesh provider register` again and restart the node")
 
 
 @provider.command()
@@ -144,55 +217,94 @@ def earnings(account_name, rpc, as_json) -> None:
 
 
 @provider.command()
-@click.argument("amount", callback=_amount)
+@click.argument("amount", callback=amount_callback)
 @account_option
 @rpc_option
-def unstake(amount, account_name, rpc) -> None:
+@json_option
+def unstake(amount, account_name, rpc, as_json) -> None:
     """Start thawing AMOUNT of free stake; withdraw it after the thaw period."""
     chain = open_chain(rpc)
     acct = _account(account_name, chain)
     mc = MarketClient(chain)
     mc.request_unstake(acct, amount)
     a = mc.account(acct.address)
-    click.echo(f"{format_amount(a['thawing'])} thawing, withdrawable from unix time {a['thaw_ready_at']}")
+    if as_json:
+        echo_json({"address": acct.address, "unstaked": amount, "stake": a["stake"], "thawing": a["thawing"],
+                   "thaw_ready_at": a["thaw_ready_at"]})
+    else:
+        click.echo(f"{format_amount(a['thawing'])} thawing, withdrawable "
+                   f"{format_when(a['thaw_ready_at'], chain.pending_time())} (`mesh provider withdraw`)")
 
 
 @provider.command()
 @account_option
 @rpc_option
-def withdraw(account_name, rpc) -> None:
+@json_option
+def withdraw(account_name, rpc, as_json) -> None:
     """Withdraw earnings, and thawed stake whose thaw period is over."""
     chain = open_chain(rpc)
     acct = _account(account_name, chain)
     mc = MarketClient(chain)
     a = mc.account(acct.address)
-    now = chain.latest_time()
-    done = []
-    if a["owed"]:
+    now = chain.pending_time()
+    earned = a["owed"]
+    thawed = a["thawing"] if a["thawing"] and now >= a["thaw_ready_at"] else 0
+    if earned:
         mc.withdraw_earnings(acct)
-        done.append(f"earnings {format_amount(a['owed'])}")
-    if a["thawing"] and now >= a["thaw_ready_at"]:
+    if thawed:
         mc.withdraw_stake(acct)
-        done.append(f"stake {format_amount(a['thawing'])}")
-    if not done:
-        msg = "nothing to withdraw"
-        if a["thawing"]:
-            msg += f" yet: {format_amount(a['thawing'])} thawing until unix time {a['thaw_ready_at']}"
-        click.echo(msg)
+    still = a["thawing"] - thawed
+    balance = chain.balance(acct.address)
+    if as_json:
+        echo_json({"address": acct.address, "earnings": earned, "stake": thawed, "balance": balance,
+                   "thawing": still, "thaw_ready_at": a["thaw_ready_at"] if still else None})
         return
-    msg = "withdrew " + " and ".join(done) + f"; balance {format_amount(chain.balance(acct.address))}"
-    if a["thawing"] and now < a["thaw_ready_at"]:
-        msg += f"; {format_amount(a['thawing'])} still thawing until unix time {a['thaw_ready_at']}"
-    click.echo(msg)
+    done = ([f"earnings {format_amount(earned)}"] if earned else []) + ([f"stake {format_amount(thawed)}"] if thawed else [])
+    later = f"{format_amount(still)} thawing, withdrawable {format_when(a['thaw_ready_at'], now)}" if still else ""
+    if not done:
+        click.echo("nothing to withdraw" + (f" yet: {later}" if later else ""))
+        return
+    click.echo("withdrew " + " and ".join(done) + f"; balance {format_amount(balance)}" + (f"; {later}" if later else ""))
+
+
+@provider.command()
+@account_option
+@rpc_option
+@json_option
+def deregister(account_name, rpc, as_json) -> None:
+    """Leave the pool: no new job draws this provider. Its stake stays until unstaked and withdrawn."""
+    chain = open_chain(rpc)
+    acct = _account(account_name, chain)
+    mc = MarketClient(chain)
+    a = mc.account(acct.address)
+    if not a["listed"]:
+        raise ConfigError(f"{acct.address} is not registered as a provider on this market", "nothing to deregister")
+    if a["locked"]:
+        raise ConfigError(f"{format_amount(a['locked'])} of {acct.address}'s stake is locked by contested jobs: "
+                          "it stays registered until they close",
+                          "keep `mesh provider start` running (it answers disputes and juries), and deregister "
+                          "when `mesh provider status` shows nothing locked")
+    mc.deregister(acct)
+    if as_json:
+        echo_json({"address": acct.address, "deregistered": True, "stake": a["stake"], "owed": a["owed"]})
+        return
+    click.echo(f"deregistered {acct.address}: no new job draws it (jobs already drawn still count on it: keep the "
+               "node running until they are paid)")
+    if a["stake"]:
+        click.echo(f"its stake {format_amount(a['stake'])} stays in the registry: `mesh provider unstake "
+                   f"{a['stake']}u`, then `mesh provider withdraw` after the thaw period")
 
 
 def _address(account_name) -> str:
+    """The provider's address, without its key: --account, $MESH_ACCOUNT, or the one registered here."""
+    import os
+
     from eth_utils import is_address, to_checksum_address
 
     from mesh import keys
     from provider.runtime import ProviderSettings
 
-    name = account_name or ProviderSettings.load().account
+    name = account_name or os.environ.get("MESH_ACCOUNT") or ProviderSettings.load().account
     if name.startswith("dev:"):
         return keys.load_account(name, None).address
     if not is_address(name):

@@ -98,7 +98,7 @@ def load_account(name: str, password: str | None, chain_id: int | None = None) -
         try:
             return dev_account(int(name[4:]))
         except ValueError as exc:
-            raise KeystoreError(f"{name!r} is not a dev account name", "write dev:0 … dev:9") from exc
+            raise KeystoreError(f"{name!r} is not a dev account name", f"write dev:0 … dev:{DEV_ACCOUNT_COUNT - 1}") from exc
     try:
         path = _path_for(name)
     except ValueError as exc:

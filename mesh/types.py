@@ -49,3 +49,48 @@ def format_when(at: int, now: int) -> str:
     text = " ".join(x for x in parts if x)
     clock = datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"in {text} ({clock})" if delta >= 0 else f"{text} ago ({clock})"
+
+
+#: Prices are base units per output token. With 6 decimals that same number is the price in MESH per
+#: million tokens (1 MESH per 1M tokens = 1 base unit per token), the unit people know from hosted
+#: APIs ("$0.15 per 1M tokens"), so a price is written and printed in it: `10` is 10 MESH/1M tokens.
+PRICE_UNIT = f"{TOKEN_SYMBOL}/1M tokens"
+
+_PRICE_FORMS = "write e.g. 10 (MESH per 1M tokens, = 10 base units per token), 10u, or 0.00001/token"
+
+
+def format_price(units_per_token: int) -> str:
+    """Base units per token -> '10 MESH/1M tokens' (the same number: see PRICE_UNIT)."""
+    if not isinstance(units_per_token, int):
+        raise TypeError("prices are integers (base units per token)")
+    return f"{units_per_token:,} {PRICE_UNIT}"
+
+
+def parse_price(text: str) -> int:
+    """A price per output token -> base units per token. '10' or '10 MESH/1M tokens' (what
+    format_price prints) -> 10; '10u' -> 10; '0.00001/token' (MESH per token) -> 10. A price is a
+    whole number of base units per token: '2.5' (MESH/1M tokens) is refused, not rounded."""
+    t = " ".join(text.strip().split())
+    low = t.lower()
+    for suffix in ("/token", " per token"):
+        if low.endswith(suffix):
+            try:
+                return parse_amount(t[: -len(suffix)])
+            except ValueError as exc:
+                raise ValueError(f"{text!r} is not a price per token ({exc}): {_PRICE_FORMS}") from None
+    for suffix in (PRICE_UNIT.lower(), f"{TOKEN_SYMBOL.lower()}/1m", "/1m tokens", "/1m"):
+        if low.endswith(suffix):
+            t = t[: -len(suffix)].strip()
+            break
+    t = t.replace(",", "").replace("_", "")
+    if t.endswith("u"):
+        if not t[:-1].isdigit():
+            raise ValueError(f"{text!r} is not a whole number of base units per token")
+        return int(t[:-1])
+    whole, dot, frac = t.partition(".")
+    if not (whole or frac) or not (whole or "0").isdigit() or (dot and not (frac or "0").isdigit()):
+        raise ValueError(f"{text!r} is not a price: {_PRICE_FORMS}")
+    if frac.strip("0"):
+        raise ValueError(f"{text!r} {PRICE_UNIT} is not a whole number of base units per token "
+                         f"(1 {PRICE_UNIT} = 1 base unit per token): round it")
+    return int(whole or "0")
