@@ -1,10 +1,10 @@
 """`mesh demo`: the whole market on the embedded defaults, start to finish, in a few minutes.
 
-A private Anvil chain; the contracts deployed; five providers started as separate processes
+A private Anvil chain; the contracts deployed; six providers started as separate processes
 (`mesh provider register` + `mesh provider start`), one of them a cheater that signs altered
 answers; a consumer asks questions with visible streaming. Each job's three seats are drawn by the
 contract, weighted by stake: nobody picks them. When the cheater is drawn, the seats disagree, the
-consumer disputes, the two providers not seated are drawn as the jury, score every seat's tokens
+consumer disputes, the three providers not seated are drawn as the jury, score every seat's tokens
 under the model and vote; the demo moves the local chain's clock through the court's phases. The
 cheater is slashed; the honest seats are paid. The demo asks until the cheater has been drawn at
 least once (bounded). A final table shows balances and stakes. Everything is shut down on exit,
@@ -27,18 +27,18 @@ from mesh.types import format_amount
 
 MESH = 10**6
 #: dev account -> price per output token. Seats are drawn by stake (100 MESH each), not by price.
-PROVIDERS = {1: 10, 2: 10, 3: 10, 4: 10, 5: 10}
+PROVIDERS = {1: 10, 2: 10, 3: 10, 4: 10, 5: 10, 6: 10}
 CHEATER = 1
-CONSUMER = 6
+CONSUMER = 7
 QUESTIONS = (
     "What is the capital of France? Answer in one sentence.",
     "Name three primary colours.",
     "Why is the sky blue? One sentence.",
 )
-#: Asked after the questions while the cheater has not been drawn yet (it is drawn with
-#: probability 3/5 per job: ten jobs miss it with probability 0.4^10, about 1e-4).
+#: Asked after the questions while the cheater has not been drawn yet (it sits on a job with
+#: probability 1/2: thirteen jobs miss it with probability 0.5^13, about 1e-4).
 MORE_QUESTIONS = ("Name a planet.", "What is 2 + 3?", "Name a fruit.", "Say hello.", "Name an ocean.",
-                  "What colour is grass?", "Name a month.")
+                  "What colour is grass?", "Name a month.", "Name a tree.", "Say goodbye.", "Name a river.")
 #: Seconds between the providers' checks of their claims and jury duties (the demo's clock jumps).
 KEEPER_POLL = "0.5"
 
@@ -47,14 +47,14 @@ KEEPER_POLL = "0.5"
 @click.option("--max-tokens", type=click.IntRange(8, 512), default=32, show_default=True)
 @click.option("--question", "questions", multiple=True, help="Ask these instead of the built-in questions.")
 def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
-    """Run a private market: chain, contracts, five providers (one cheating), verified paid queries."""
+    """Run a private market: chain, contracts, six providers (one cheating), verified paid queries."""
     from cli.devnet import start_meshnet
 
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
     net = None
     try:
-        click.secho("== starting a private chain, the contracts, and five providers (separate processes)", bold=True)
+        click.secho("== starting a private chain, the contracts, and six providers (separate processes)", bold=True)
         net = start_meshnet(root, PROVIDERS, cheaters=(CHEATER,), extra=("--claim-poll", KEEPER_POLL),
                             on_line=_court_lines)
         d = net.deployment

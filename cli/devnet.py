@@ -27,7 +27,7 @@ from contracts.deploy import deploy
 from mesh.chain import Chain, connect
 from mesh.config import MarketParams
 from mesh.keys import dev_account
-from mesh.market import MarketClient
+from mesh.market import MarketClient, group_id
 
 MESH = 10**6
 
@@ -217,9 +217,17 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in prices:
             net.fund(i)  # minting is the deployer's: one sender, so done in turn
-        _parallel([lambda i=i, p=p: net.register(i, p, stakes.get(i, 100 * MESH), False,
-                                                 *(("--group", groups[i]) if i in groups else ()))
-                   for i, p in prices.items()])
+        def register(i: int) -> None:
+            net.register(i, prices[i], stakes.get(i, 100 * MESH), False, *(("--group", groups[i]) if i in groups else ()))
+
+        # A private mesh admits whom its admin (its first provider) invited: the first registers,
+        # invites the others, then everyone else registers at once.
+        admins = {g: min(i for i in groups if groups[i] == g) for g in set(groups.values())}
+        _parallel([lambda i=i: register(i) for i in admins.values()])
+        for i, g in groups.items():
+            if i != admins[g]:
+                net.mc.invite(dev_account(admins[g]), group_id(g), dev_account(i).address)
+        _parallel([lambda i=i: register(i) for i in prices if i not in admins.values()])
         _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
         missing = [i for i in prices if not net.providers[i].alive()]
         if missing:

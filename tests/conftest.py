@@ -190,24 +190,22 @@ def served(served_session):
 
 #: The devnet's pools. The open market: three honest providers (every job seats all three) and a
 #: spare registered without stake (never drawn until a test stakes it). The "court" mesh: two
-#: honest providers and a cheater (its jobs seat all three) and two honest jurors whose price is
-#: above the tests' cap (never seated), with full stake: a dispute's jury is always these two.
+#: honest providers and a cheater (its jobs seat all three). A dispute in the court mesh cannot draw
+#: a full jury of three from it, so its jury comes from the model's open market: OPEN_POOL.
 OPEN_POOL, SPARE = (1, 2, 3), 11
-COURT, COURT_CHEATER, JURORS = (4, 7, 8), 7, (9, 10)
+COURT, COURT_CHEATER = (4, 7, 8), 7
 
 
 @pytest.fixture(scope="session")
 def meshnet():
     """A local market: its own Anvil, and provider processes started through the CLI in two pools
-    (OPEN_POOL + SPARE, and the "court" mesh COURT + JURORS). Tests open fresh jobs; nothing is
-    reverted under them, and a test that changes a pool restores it."""
+    (OPEN_POOL + SPARE in the open market, COURT in the "court" mesh). Tests open fresh jobs;
+    nothing is reverted under them, and a test that changes a pool restores it."""
     from cli.devnet import start_meshnet, temp_root
 
-    prices = {**dict.fromkeys((*OPEN_POOL, SPARE, *COURT), 10), **dict.fromkeys(JURORS, 1000)}
-    groups = dict.fromkeys((*COURT, *JURORS), "court")
-    stakes = {SPARE: 0}
+    prices = dict.fromkeys((*OPEN_POOL, SPARE, *COURT), 10)
     net = start_meshnet(temp_root(), prices, cheaters=(COURT_CHEATER,), extra=("--claim-poll", "0.5"),
-                        groups=groups, stakes=stakes)
+                        groups=dict.fromkeys(COURT, "court"), stakes={SPARE: 0})
     for c in (5, 6):
         net.fund(c)
         net.chain.ensure_allowance(dev_account(c), net.deployment.registry, 10**15)

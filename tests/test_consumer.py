@@ -1,7 +1,8 @@
 """Verified, paid queries end to end: real provider processes (CLI-started, one of them cheating),
 real libp2p, real llama.cpp, real Anvil. The seats are drawn by the contract; the devnet's pools
 (tests/conftest.py) make the draw's outcome certain where a test needs it: the open market seats
-all three of OPEN_POOL, the "court" mesh all three of COURT and draws JURORS as its jury. Balances
+all three of OPEN_POOL, the "court" mesh all three of COURT, and a court-mesh dispute draws its
+jury from the open market (the mesh has nobody left to judge): OPEN_POOL. Balances
 are asserted to the base unit, on fresh consumer accounts so that nothing else moves them.
 """
 
@@ -23,7 +24,9 @@ from mesh.keys import dev_account
 from mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, group_id, job_state
 from mesh.protocol import Sampling
 from provider.engine import build_of
-from tests.conftest import COURT, COURT_CHEATER, JURORS, OPEN_POOL, SPARE
+from tests.conftest import COURT, COURT_CHEATER, OPEN_POOL, SPARE
+
+JURORS = OPEN_POOL
 
 QUESTION = [("user", "What is two plus two?")]
 PRICE, CAP, MAX = 10, 20, 16
@@ -74,7 +77,7 @@ def _court_money(net, c, seats):
 
 def test_cheater_in_the_seats_is_judged_by_a_jury_slashed_and_burned(meshnet, engine, tmp_path):
     """The cheater signs consistent but altered tokens; the two honest seats agree. The consumer
-    disputes; the jury (the two providers not seated) scores every seat: the cheater hard-fails and
+    disputes; the jury (the open market's three: the mesh has no one else) scores every seat: the cheater hard-fails and
     its lock is burned, the honest seats are paid, the jurors are paid from the consumer's reserve
     (the dispute was won), the bond comes back. Every base unit accounted for."""
     net = meshnet
@@ -175,7 +178,6 @@ def test_too_few_or_too_dear_providers_is_a_clear_error_before_any_transaction(m
         eligible(net.chain, discover(net.chain, net.model_hash, group_id("nobody")), me, MAX, CAP)
     with pytest.raises(QueryError, match="raise --max-price to at least 10"):
         eligible(net.chain, discover(net.chain, net.model_hash), me, MAX, 5)
-    # The jurors' stake is too small for a seat: the court mesh offers exactly its three seats.
     court = eligible(net.chain, discover(net.chain, net.model_hash, COURT_GROUP), me, MAX, CAP)
     assert {o.address for o in court} == {dev_account(i).address for i in COURT}
     assert net.chain.w3.eth.get_transaction_count(me) == nonce

@@ -56,7 +56,7 @@ def test_demo_end_to_end_shows_the_cheater_judged_and_slashed(mesh_home, tmp_pat
     stake = int(re.findall(r"([\d,]+\.\d{6}) MESH", cheater)[1].replace(",", "").replace(".", ""))
     assert stake < 100_000_000 and (100_000_000 - stake) % 1_000_000 == 0  # lost a 1 MESH lock per job caught
     assert "Traceback" not in out + r.stderr
-    assert len(started) >= 6, "expected Anvil and five providers"
+    assert len(started) >= 7, "expected Anvil and six providers"
     assert not _wait_gone(started), "the demo left processes running"
 
 
@@ -70,7 +70,7 @@ def test_demo_ctrl_c_shuts_everything_down(mesh_home):
         if line.startswith("== query 1"):
             break
     started = _descendants(proc.pid)
-    assert len(started) >= 6, "expected Anvil and five providers running"
+    assert len(started) >= 7, "expected Anvil and six providers running"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
