@@ -171,15 +171,15 @@ def test_a_consumer_on_another_machine_joins_and_gets_a_verified_answer(machines
         joined = json.loads(m.mesh("providers", "market", "join", RPC, "--json"))
         assert joined["market"] == deployed["market"] and joined["rpc_url"] == RPC
 
-        def register(i: int) -> dict:
-            return json.loads(m.mesh("providers", "provider", "register", "--account", f"dev:{i}", "--price", "10",
-                                     "--stake", "100", "--host", "0.0.0.0", "--announce", PROVIDERS_IP,
-                                     "--port", str(4000 + i), "--json"))
+        def register_and_start(i: int) -> dict:
+            registered = json.loads(m.mesh("providers", "provider", "register", "--account", f"dev:{i}", "--price",
+                                           "10", "--stake", "100", "--host", "0.0.0.0", "--announce", PROVIDERS_IP,
+                                           "--port", str(4000 + i), "--json"))
+            m.start_provider(i)
+            return registered
 
         with ThreadPoolExecutor(len(PROVIDERS)) as pool:
-            registered = list(pool.map(register, PROVIDERS))
-            list(pool.map(m.start_provider, PROVIDERS))
-        return registered
+            return list(pool.map(register_and_start, PROVIDERS))
 
     def consumer() -> str:
         """The consumer's machine, meanwhile: joins, makes a new account, funds it (MESH, ETH for gas)."""
