@@ -12,9 +12,6 @@ from mesh import config, keys
 from mesh.errors import ConfigError
 from mesh.types import format_amount
 
-#: Kept for importers of the old name.
-_amount = amount_callback
-
 WEI_PER_ETH = 10**18
 
 
