@@ -35,9 +35,9 @@ class SerialChain(Chain):
         serial.fixed_gas = chain.fixed_gas
         return serial
 
-    def transact(self, account, fn, *, action: str | None = None, gas: int | None = None) -> dict:
+    def transact(self, account, fn, **kwargs) -> dict:
         with self.tx_lock:
-            return super().transact(account, fn, action=action, gas=gas)
+            return super().transact(account, fn, **kwargs)
 
 
 class QueryMarket(MarketClient):

@@ -267,6 +267,10 @@ class _Query:
         try:
             return await asker.ask_on(self.b.node, sampling, entry.model_hash, entry.offers, opts)
         except QueryError as exc:
+            if self.market.drawn:  # the seats refused the request itself (consumer.query.REQUEST_FAULTS)
+                code = "context_length_exceeded" if "context" in str(exc) else "request_refused"
+                raise GatewayError(400, "invalid_request_error", code, str(exc),
+                                   "messages" if self.req.kind == "chat" else "prompt", receipt=self._partial()) from None
             raise GatewayError(503, "market_unavailable", "too_few_providers", str(exc), None, spent=0) from None
         except ContractReverted as exc:
             raise self._reverted(exc) from None
@@ -295,10 +299,8 @@ class _Query:
         return {"job_id": "0x" + self.market.job_id.hex(), "tx": self.market.txs, "settled": False}
 
     def result(self, entry: ModelEntry, receipt: Receipt) -> Completion:
-        reported = getattr(receipt, "prompt_tokens", None)
         meshmarket = receipt_json(receipt, model=entry.id, txs=self.market.txs,
-                                  stream_mode=self.b.settings.stream_mode if self.req.stream else None,
-                                  prompt_tokens_from="providers" if reported else "estimate")
+                                  stream_mode=self.b.settings.stream_mode if self.req.stream else None)
         self.b.recent.appendleft(meshmarket)
         error = outcome_error(receipt, meshmarket)
         if error is not None:

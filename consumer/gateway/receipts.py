@@ -20,8 +20,9 @@ from collections import Counter
 from consumer.gateway.backend import Completion, CompletionRequest, GatewayError
 from consumer.receipt import Receipt
 
-#: Bytes of UTF-8 per token, for the prompt tokens a provider did not report: English text with a
-#: BPE vocabulary of ~50k averages ~4 (measured on SmolLM2: 4.2); code and other scripts less.
+#: Bytes of UTF-8 per token, for estimates before a job (the context check) and for usage when no
+#: seat reported its count: English text with a BPE vocabulary of ~50k averages ~4 (SmolLM2: 4.2);
+#: code and other scripts less.
 BYTES_PER_TOKEN = 4
 #: The chat template's tokens around each message (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 4
@@ -53,20 +54,19 @@ def spent_of(receipt: Receipt) -> int:
 
 
 def finish_reason(receipt: Receipt, tokens: int, max_tokens: int) -> str:
-    reason = getattr(receipt, "finish_reason", "")  # when the consumer reports the seats' own
-    if reason in ("stop", "length"):
-        return reason
+    """The answering seat's own (its signed result's frame), else from the token count."""
+    if receipt.finish_reason in ("stop", "length"):
+        return receipt.finish_reason
     return "length" if tokens >= max_tokens else "stop"
 
 
-def receipt_json(receipt: Receipt, *, model: str, txs: dict, stream_mode: str | None,
-                 prompt_tokens_from: str) -> dict:
+def receipt_json(receipt: Receipt, *, model: str, txs: dict, stream_mode: str | None) -> dict:
     """The `meshmarket` field: the receipt without the text (it is the message), plus the model,
     the transactions, what was spent, and how the gateway streamed and counted."""
     d = receipt.as_dict()
     d.pop("text", None)
     d.update(model=model, tx=txs, spent=spent_of(receipt), verified=receipt.outcome == "agreed")
-    d["gateway"] = {"stream": stream_mode, "prompt_tokens": prompt_tokens_from}
+    d["gateway"] = {"stream": stream_mode, "prompt_tokens": "providers" if receipt.prompt_tokens > 0 else "estimate"}
     return d
 
 
@@ -94,8 +94,7 @@ def outcome_error(receipt: Receipt, meshmarket: dict) -> GatewayError | None:
 
 def to_completion(receipt: Receipt, req: CompletionRequest, meshmarket: dict) -> Completion:
     tokens = completion_tokens(receipt)
-    reported = getattr(receipt, "prompt_tokens", None)
-    prompt_tokens = reported if isinstance(reported, int) and reported > 0 else estimate_prompt_tokens(req)
+    prompt_tokens = receipt.prompt_tokens if receipt.prompt_tokens > 0 else estimate_prompt_tokens(req)
     return Completion(text=receipt.text, finish_reason=finish_reason(receipt, tokens, req.max_tokens),  # type: ignore[arg-type]
                       prompt_tokens=prompt_tokens, completion_tokens=tokens, receipt=meshmarket,
                       system_fingerprint=receipt.system_fingerprint)
