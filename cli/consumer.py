@@ -7,11 +7,19 @@ import sys
 import click
 from eth_utils import to_checksum_address
 
-from cli.common import account_option, echo_json, json_option, open_chain, resolve_account, rpc_option, table
+from cli.common import (
+    account_option,
+    echo_json,
+    json_option,
+    open_chain,
+    price_callback,
+    resolve_account,
+    rpc_option,
+    table,
+)
 from mesh.errors import ConfigError, QueryError
-from mesh.market import MAX_PRICE
 from mesh.protocol import MAX_SEED, MAX_STOP_BYTES, MAX_STOPS, MAX_TOKENS
-from mesh.types import format_amount
+from mesh.types import format_amount, format_price
 
 
 def _model_hash(model: str) -> bytes:
@@ -32,8 +40,9 @@ def _model_hash(model: str) -> bytes:
 @click.argument("prompt")
 @click.option("--model", default="default", show_default=True, help="Model: 0x sha256 of the GGUF file, a GGUF path, or 'default'.")
 @click.option("--max-tokens", type=click.IntRange(1, MAX_TOKENS), default=128, show_default=True)
-@click.option("--max-price", type=click.IntRange(1, MAX_PRICE), default=100, show_default=True,
-              help="Most you pay per output token per seat, in base units.")
+@click.option("--max-price", default="100", callback=price_callback, show_default=True, metavar="PRICE",
+              help="Most you pay per output token per seat, in MESH per 1M tokens (= base units per token): "
+                   "100, 100u or 0.0001/token.")
 @click.option("--system", default=None, help="A system message before the prompt.")
 @click.option("--group", default=None, metavar="NAME",
               help="Ask a private mesh (the providers that joined group NAME) instead of the open market.")
@@ -139,7 +148,7 @@ def _approve_escrow(chain, acct, asker, opts, yes: bool) -> None:
     short = asker.check_funds(escrow)[0]
     if short:
         raise ConfigError(f"this query escrows {format_amount(escrow)} (three seats and a jury reserve of "
-                          f"{opts.max_tokens} tokens x {opts.max_price} base units each); you are "
+                          f"{opts.max_tokens} tokens x {format_price(opts.max_price)} each); you are "
                           f"{format_amount(short)} short",
                           "get MESH (`mesh token faucet` on the local chain) or lower --max-tokens/--max-price")
     if not asker.check_funds(most)[1]:
@@ -161,7 +170,7 @@ def print_receipt(r) -> None:
     rows = []
     for s in r.slots:
         ft = "-" if s.first_token_ms != s.first_token_ms else f"{s.first_token_ms:.0f}"
-        rows.append([str(s.index), s.provider, str(s.price), str(s.tokens), format_amount(s.paid),
+        rows.append([str(s.index), s.provider, format_price(s.price), str(s.tokens), format_amount(s.paid),
                      format_amount(s.slashed) if s.slashed else "-", r.builds.get(s.provider) or "?", ft, s.status])
     click.echo(table(rows, ["#", "provider", "price", "tokens", "paid", "slashed", "build", "1st tok ms", "status"]))
     gas = sum(r.gas.values())
@@ -169,40 +178,6 @@ def print_receipt(r) -> None:
                + ("" if r.settled else "  (not closed yet: `mesh settle` moves it on)"))
     click.echo(f"gas {gas:,} ({', '.join(f'{k} {v:,}' for k, v in r.gas.items())})")
     click.echo("time " + ", ".join(f"{k} {v:,.0f} ms" for k, v in r.timings_ms.items()))
-
-
-@click.command()
-@rpc_option
-@json_option
-def models(rpc, as_json) -> None:
-    """The models on the market, with their providers, prices and reputation."""
-    from consumer.ask import discover
-    from mesh.market import ZERO32
-
-    chain = open_chain(rpc)
-    by_model = dict.fromkeys(bytes(args["modelHash"]) for args in chain.registrations())
-    from consumer.selection import Selector
-
-    selector = Selector.open(chain, on_warning=lambda m: click.echo(m, err=True))
-    scores = selector.scores() if selector.synced else {}
-    selector.close()
-    out = []
-    for mh in by_model:
-        for o in discover(chain, mh):
-            out.append({"model_hash": "0x" + mh.hex(), "provider": o.address, "price": o.price,
-                        "group": None if o.group == ZERO32 else "0x" + o.group.hex(),
-                        "free_stake": o.free_stake, "endpoint": o.endpoint,
-                        "reputation": scores.get(o.address)})
-    if as_json:
-        echo_json({"offers": out})
-        return
-    if not out:
-        click.echo("no providers are registered yet: `mesh provider register` starts one")
-        return
-    rows = [[o["model_hash"][:18] + "…", "open" if o["group"] is None else o["group"][:12] + "…", o["provider"],
-             str(o["price"]), format_amount(o["free_stake"]),
-             "-" if o["reputation"] is None else f"{o['reputation']:.2f}"] for o in out]
-    click.echo(table(rows, ["model", "pool", "provider", "price/token", "free stake", "reputation"]))
 
 
 @click.command()

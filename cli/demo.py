@@ -39,6 +39,9 @@ QUESTIONS = (
 #: probability 1/2: thirteen jobs miss it with probability 0.5^13, about 1e-4).
 MORE_QUESTIONS = ("Name a planet.", "What is 2 + 3?", "Name a fruit.", "Say hello.", "Name an ocean.",
                   "What colour is grass?", "Name a month.", "Name a tree.", "Say goodbye.", "Name a river.")
+#: The sybil attempt: the attacker's consumer account, its two sybil providers, and the victim.
+SYBIL_OWNER, SYBILS, VICTIM = 8, (9, 10), 2
+SYBIL_TRIES = 5
 #: Seconds between the providers' checks of their claims and jury duties (the demo's clock jumps).
 KEEPER_POLL = "0.5"
 
@@ -65,6 +68,7 @@ def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
             click.echo(f"provider dev:{i} {p.address} price {price}/token, stake 100 MESH, {p.addrs[0]}{note}")
         click.echo(f"ready in {time.monotonic() - t0:.1f} s")
         _ask_all(net, root, max_tokens, list(questions or QUESTIONS))
+        _sybil_attempt(net)
         _final_table(net)
         click.secho(f"\ndone in {time.monotonic() - t0:.1f} s", bold=True)
     except KeyboardInterrupt:
@@ -133,6 +137,52 @@ def _verdict(net, receipt, st) -> None:
     click.secho(f"job 0x{receipt.job_id.hex()} closed: {OUTCOMES[ev['outcome']]}", bold=True)
     click.echo(table(rows, ["#", "provider", "role", "paid", "slashed (burned)"]))
     click.echo(f"refund to the consumer's credit {format_amount(int(ev['refund']))}")
+
+
+def _sybil_attempt(net) -> None:
+    """v1's worst attack, tried on v2: a consumer with two sybil providers wants to sit them with an
+    honest victim, so that two bogus signatures outvote it. It cannot choose the seats."""
+    from eth_utils import keccak
+
+    from mesh.market import MarketClient
+
+    attacker, sybils, victim = dev_account(SYBIL_OWNER), [dev_account(i) for i in SYBILS], dev_account(VICTIM)
+    click.secho(f"\n== a consumer with two sybil providers tries to sit them with dev:{VICTIM}", bold=True)
+    mc = MarketClient(net.chain)
+    for i in (*SYBILS, SYBIL_OWNER):
+        net.fund(i)
+    for k, s in enumerate(sybils):
+        mc.register(s, net.model_hash, keccak(b"sybil manifest %d" % k), 10)
+        mc.stake(s, 100 * MESH)
+    net.mc.deposit(attacker, 1 * MESH)
+    hits, jobs = 0, []
+    for k in range(SYBIL_TRIES):
+        _, job, _ = mc.open_job(attacker, net.model_hash, keccak(b"bait %d" % k), 8, 20, approve=False)
+        job, _ = mc.draw_seats(attacker, job)
+        jobs.append(job)
+        seats = set(job.seats[:3])
+        hit = victim.address in seats and all(s.address in seats for s in sybils)
+        hits += hit
+        names = ", ".join(_who(a) for a in job.seats[:3])
+        click.echo(f"   job {k + 1}: seats drawn by the contract: {names}{'  <- the attacker got its committee' if hit else ''}")
+    click.echo(f"   the attacker got its committee {hits} of {SYBIL_TRIES} times (chance per job with these stakes: "
+               "1 in 56); and even then two bogus signatures convict nobody: a disagreement pays the majority "
+               "provisionally, the victim disputes, and a jury drawn from the pool decides")
+    # The bait jobs had no requests: nobody delivered; they settle as refunds after the claim window.
+    p = net.deployment.params
+    net.advance(p.delivery_window + p.claim_window)
+    for job in jobs:
+        mc.settle(attacker, job, [])
+    for s in sybils:
+        mc.deregister(s)
+    click.echo(f"   dev:{VICTIM}'s stake: {format_amount(net.mc.account(victim.address)['stake'])} (untouched); the "
+               "bait jobs were refunded, the sybils left the pool")
+
+
+def _who(address: str) -> str:
+    i = next(i for i in range(20) if dev_account(i).address == address)
+    role = " (sybil)" if i in SYBILS else " (victim)" if i == VICTIM else ""
+    return f"dev:{i}{role}"
 
 
 def _final_table(net) -> None:

@@ -268,6 +268,40 @@ def withdraw(account_name, rpc, as_json) -> None:
 
 
 @provider.command()
+@click.argument("address")
+@click.option("--group", "group", required=True, metavar="NAME", help="The private mesh you are the admin of.")
+@click.option("--revoke", is_flag=True, help="Withdraw the invitation (a provider already in stays until it leaves).")
+@account_option
+@rpc_option
+@json_option
+def invite(address, group, revoke, account_name, rpc, as_json) -> None:
+    """Let provider ADDRESS register in your private mesh (you are its admin if you registered in
+    it first)."""
+    from eth_utils import is_address, to_checksum_address
+
+    from mesh.market import group_id
+
+    if not is_address(address):
+        raise click.BadParameter(f"{address!r} is not an address", param_hint="ADDRESS")
+    chain = open_chain(rpc)
+    acct = _account(account_name, chain)
+    mc = MarketClient(chain)
+    gid = group_id(group)
+    admin = mc.group_admin(gid)
+    if admin != acct.address:
+        raise ConfigError(f"{acct.address} is not the admin of the mesh {group!r}"
+                          + (f" (its admin is {admin})" if admin else " (nobody registered in it yet)"),
+                          "the first provider to register in a mesh is its admin: ask that provider to invite")
+    mc.invite(acct, gid, to_checksum_address(address), not revoke)
+    if as_json:
+        echo_json({"group": group, "group_id": "0x" + gid.hex(), "provider": to_checksum_address(address),
+                   "admitted": not revoke})
+    else:
+        click.echo(f"{to_checksum_address(address)} {'may no longer register' if revoke else 'may now register'} "
+                   f"in {group!r} (`mesh provider register --group {group}`)")
+
+
+@provider.command()
 @account_option
 @rpc_option
 @json_option

@@ -13,6 +13,7 @@ from eth_utils import to_checksum_address
 from mesh.chain import Chain
 from mesh.errors import QueryError
 from mesh.market import MarketClient
+from mesh.types import format_price
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: i
     affordable = [o for o in pool if o.price <= max_price]
     if len(affordable) < 3:
         prices = sorted(o.price for o in pool)
-        raise QueryError(f"only {len(affordable)} provider(s) charge at most {max_price} per token "
-                         f"(prices: {', '.join(map(str, prices))})", f"raise --max-price to at least {prices[2]}")
+        raise QueryError(f"only {len(affordable)} provider(s) charge at most {format_price(max_price)} "
+                         f"(prices: {', '.join(map(format_price, prices))})",
+                         f"raise --max-price to at least {prices[2]}")
     params = chain.deployment.params
     staked = [o for o in affordable if params.lock_for(max_tokens, o.price) * params.max_lock_share <= o.free_stake]
     if len(staked) < 3:

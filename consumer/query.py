@@ -120,6 +120,8 @@ class Query:
     slots: list[SlotReport] = field(default_factory=list)
     answers: dict[int, Answer] = field(default_factory=dict)
     manifests: dict[str, Manifest] = field(default_factory=dict)
+    #: Seats whose manifest was rejected, and why (their build counts as unknown).
+    manifest_problems: dict[str, str] = field(default_factory=dict)
     gas: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     streamed: list[str] = field(default_factory=list)
@@ -167,14 +169,24 @@ class Query:
 
     async def _fetch_manifest(self, node: Node, o: Offer) -> None:
         """A seat's manifest (build, hardware) for the receipt; never in the way of a request."""
-        if o.address in self.manifests:
+        if o.address in self.manifests or o.address in self.manifest_problems:
             return
         try:
             m, digest = await fetch_manifest(node, o.peer_id, o.addrs, MANIFEST_TIMEOUT)
-        except ProviderFailed:
+        except ProviderFailed as exc:
+            if exc.code == "bad_manifest":
+                self._manifest_rejected(o, str(exc))
             return  # a seat without a manifest still serves; the receipt says its build is unknown
-        if digest == o.manifest_hash:
+        if digest != o.manifest_hash:
+            self._manifest_rejected(o, "it serves a manifest that is not the one it registered (registered again?)")
+        elif m.model_sha256 != "0x" + self.model_hash.hex():
+            self._manifest_rejected(o, "its manifest describes another model file")
+        else:
             self.manifests[o.address] = m
+
+    def _manifest_rejected(self, o: Offer, why: str) -> None:
+        self.manifest_problems[o.address] = why
+        self.asker.on_event(f"manifest of {o.address[:10]}… rejected: {why}; its build counts as unknown")
 
     # -- fan out
 

@@ -81,7 +81,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "InsufficientFreeStake": ("provider {provider} has {free} free stake, {needed} is needed", "stake more, or wait for contested jobs to close"),
     "NotEnoughProviders": ("only {found} of the {needed} providers needed could be drawn from the pool", "raise --max-price, lower --max-tokens, or wait for more providers (`mesh models`)"),
     "NothingThawing": ("no stake is thawing", "request an unstake first (`mesh provider unstake N`)"),
-    "StillThawing": ("the stake is still thawing until unix time {readyAt}", "withdraw after that time"),
+    "StillThawing": ("the stake is still thawing until chain time {readyAt}", "withdraw after that time"),
     "NothingOwed": ("no earnings to withdraw", "serve jobs first"),
     "NothingToWithdraw": ("no credit to withdraw", "refunds appear here after jobs settle"),
     "HeldMismatch": ("closing the job would move {out}, the job holds {held}", "this is a bug: report it"),
@@ -91,13 +91,17 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "JobNotOpen": ("job {jobId} is not open with these parameters (settled, contested, or other parameters)", "pass the job as its latest event describes it"),
     "NotDrawn": ("job {jobId} has no seats yet", "draw them first (drawSeats)"),
     "AlreadyDrawn": ("job {jobId} already has its seats", "use the job from its SeatsDrawn event"),
-    "DrawExpired": ("the seed block {openBlock} is more than 256 blocks old", "let the job expire (anyone may) and open a new one"),
+    "DrawExpired": ("the draw window of 8 blocks after block {openBlock} is over", "let the job expire (anyone may) and open a new one"),
+    "DrawByContract": ("seats and juries are drawn by an externally owned account, not a contract", "send the draw from an EOA"),
+    "DisputeTooSmall": ("a dispute of this job would pay its jury {fee} base units, under the minimum {min}", "nothing to do: the provisional outcome stands for jobs this small"),
+    "NotGroupAdmin": ("the sender is not the admin of private mesh {group}", "ask its admin (its first provider) to invite"),
+    "NotInvited": ("{provider} is not invited into private mesh {group}", "ask the mesh's admin to run `mesh provider invite {provider} --group NAME`"),
     "NotConsumer": ("only the job's consumer may do this", "use the consumer's account"),
     "NotSeat": ("the sender is not the job's seat #{seat}", "use that provider's account"),
     "BadSeat": ("seat #{seat} does not exist in this job, or has no result to judge", "use a seat the job has"),
     "SeatsFull": ("the job already has 5 seats", "settle with the results you have"),
-    "TooEarly": ("too early: this is allowed from unix time {opensAt}", "wait until then"),
-    "TooLate": ("too late: this closed at unix time {closedAt}", "use the job's next path (claims, then finalize or resolve)"),
+    "TooEarly": ("too early: this is allowed from chain time {opensAt} (a block number for a draw)", "wait until then (`mesh settle` says when)"),
+    "TooLate": ("too late: this closed at chain time {closedAt}", "use the job's next path (claims, then finalize or resolve)"),
     "BadSignature": ("the signature of seat #{seat} is invalid or not from that seat's provider", "submit the provider's own EIP-712 signed result"),
     "MissingResult": ("seat #{seat}'s result is missing before the claim window ended", "wait for it, add a seat, or settle after the claim window"),
     "AlreadyCommitted": ("seat #{seat} has committed a result on-chain", "include its signed result, or let the job go to reveal and finalize"),
@@ -190,7 +194,8 @@ class Chain:
         if chain_id != deployment.chain_id:
             raise WrongChain(
                 f"the node at {rpc_url or deployment.rpc_url} is chain {chain_id}, the deployment is on chain {deployment.chain_id}",
-                "point --rpc at the right node, or run `mesh contracts deploy` on this one",
+                "point --rpc at the right node, `mesh market join RPC_URL` for a market you joined, or run "
+                "`mesh contracts deploy` on this one",
             )
         try:
             block = w3.eth.get_block(deployment.block)
@@ -200,7 +205,7 @@ class Chain:
         if not same or w3.eth.get_code(to_checksum_address(deployment.market)) in (b"", None):
             raise NotDeployed(
                 "the contracts recorded in the deployment are not on this chain (a restarted Anvil?)",
-                "run `mesh contracts deploy` again",
+                "run `mesh contracts deploy` again, or `mesh market join RPC_URL` for a market you joined",
             )
         return cls(w3, deployment)
 

@@ -24,6 +24,7 @@ from eth_account.signers.local import LocalAccount
 from mesh import config
 from mesh.chain import Chain
 from mesh.errors import ConfigError
+from mesh.files import write_atomic
 from mesh.market import MAX_PRICE, MarketClient, group_id
 from mesh.p2p import Node, peer_id_for_key
 from mesh.protocol import PROTOCOL_VERSION
@@ -67,11 +68,8 @@ class ProviderSettings:
         return d / f"{address}.json"
 
     def save(self) -> Path:
-        p = self.path(self.account)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        tmp.replace(p)
-        return p
+        # Durably and atomically (mesh.files): a crash leaves the old settings or the new, never half.
+        return write_atomic(self.path(self.account), json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def registered(cls) -> list[str]:
@@ -179,6 +177,27 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
     return settings
 
 
+class ListingWatch:
+    """Says once, when it happens, that the on-chain listing no longer matches this node (it was
+    deregistered, or registered again from elsewhere: consumers now reject its manifest)."""
+
+    def __init__(self, chain: Chain, address: str, manifest: Manifest, say: Callable[[str], None]) -> None:
+        self.mc, self.address, self.say = MarketClient(chain), address, say
+        self.listed_hash = bytes.fromhex(manifest.manifest_hash()[2:])
+        self.state: str | None = None
+
+    def __call__(self) -> None:
+        listing = self.mc.account(self.address)
+        state = None
+        if not listing["listed"]:
+            state = "deregistered: no new job draws this node"
+        elif bytes(listing["manifest_hash"]) != self.listed_hash:
+            state = "registered again elsewhere: consumers now reject this node's manifest"
+        if state != self.state and state is not None:
+            self.say(f"the on-chain listing changed ({state}); run `mesh provider register` here again and restart")
+        self.state = state
+
+
 def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings, *,
                  on_ready: Callable[[str, list[str]], None] | None = None,
                  on_job: Callable[[JobLog], None] | None = None, on_claim: Callable[[str], None] | None = None,
@@ -208,10 +227,12 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
                               served=ServedJobs(state / "served.log"), on_job=on_job, claims=keeper)
 
+    check_listing = ListingWatch(chain, account.address, manifest, on_claim or log.warning)
+
     async def watch_claims() -> None:
         while True:
             await trio.sleep(claim_poll)
-            for duty in (keeper.tick, court.tick):
+            for duty in (keeper.tick, court.tick, check_listing):
                 try:
                     await trio.to_thread.run_sync(duty)
                 except Exception:  # a chain hiccup must not stop the node; the next tick retries
