@@ -18,7 +18,7 @@ from cli.common import (
     table,
 )
 from mesh.errors import ConfigError, QueryError
-from mesh.protocol import MAX_SEED, MAX_STOP_BYTES, MAX_STOPS, MAX_TOKENS
+from mesh.protocol import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
 from mesh.types import format_amount, format_price
 
 
@@ -65,8 +65,8 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="PROMPT")
-    if len(stop) > MAX_STOPS or any(not t or len(t.encode()) > MAX_STOP_BYTES for t in stop):
-        raise click.BadParameter(f"give at most {MAX_STOPS} non-empty stop strings of at most {MAX_STOP_BYTES} bytes",
+    if len(stop) > MAX_STOPS or any(not t or len(t) > MAX_STOP_CHARS for t in stop):
+        raise click.BadParameter(f"give at most {MAX_STOPS} non-empty stop strings of at most {MAX_STOP_CHARS} characters",
                                  param_hint="--stop")
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)

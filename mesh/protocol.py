@@ -78,9 +78,9 @@ MAX_TOKENS = 4096
 #: unreproducible, so the largest usable seed is one less.
 MAX_SEED = 2**32 - 2
 MAX_TEMPERATURE_MILLI = 2000
-#: Stop sequences a request may give (as OpenAI's API), and the longest one in bytes.
+#: Stop sequences a request may give (as OpenAI's API), and the longest one in characters.
 MAX_STOPS = 4
-MAX_STOP_BYTES = 64
+MAX_STOP_CHARS = 64
 #: Seats of a job: three drawn, up to two added (JobMarket.SEATS).
 SEATS = 5
 #: Jobs a consumer may have open at once: its slots on-chain (JobMarket.RING).
@@ -257,7 +257,7 @@ class Sampling(WireModel):
     top_p_milli: Annotated[Int, Field(ge=1, le=1000)] = 1000
     seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
     #: Generation ends before the first of these strings appears in the text (finish "stop").
-    stop: Annotated[tuple[Annotated[NonEmptyText, Field(max_length=MAX_STOP_BYTES)], ...],
+    stop: Annotated[tuple[Annotated[NonEmptyText, Field(max_length=MAX_STOP_CHARS)], ...],
                     Field(max_length=MAX_STOPS)] = ()
 
     @model_validator(mode="before")
@@ -551,7 +551,7 @@ class Build(WireModel):
     cpu_features: tuple[NonEmptyText, ...]
     n_batch: Annotated[Int, Field(ge=1)]
     n_ubatch: Annotated[Int, Field(ge=1)]
-    flash_attn: bool
+    flash_attn: Annotated[bool, Strict()]
     gpu_layers: Annotated[Int, Field(ge=0)]
 
     @property

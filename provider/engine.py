@@ -295,7 +295,9 @@ class LlamaCppEngine:
             finally:
                 tokens.close()
         if not stops.stopped:
-            tail, _ = stops.feed(decoder.decode(b"", final=True))
+            tail, stopped = stops.feed(decoder.decode(b"", final=True))
+            if stopped:
+                finish_reason = "stop"  # completed by the decoder's last bytes
             tail += stops.flush()
             if tail:
                 pieces.append(tail)

@@ -1,14 +1,14 @@
 """The provider node: serves inference jobs over libp2p, checks payment on-chain, signs results.
 
-One request per stream (`/meshmarket/infer/1.0.0`, docs/PROTOCOL.md part 2):
+One request per stream (`/meshmarket/infer/2.0.0`, docs/PROTOCOL.md part 2):
 
-    consumer -> infer request (job, index, sampling)
-    provider -> token frames ... -> result frame (EIP-712 signed) | error frame
+    consumer -> infer request (job, seat, sampling)
+    provider -> token frames ... -> result frame (tokens, EIP-712 signed) | error frame
 
-Before any compute the request must pass `JobGate` (the job is open on-chain with exactly these
-parameters, lists this provider at that index, the peer is the job's consumer, the sampling
-hashes to the job's promptHash, the delivery window is still open) and `ServedJobs` (served
-once). Inference runs in a worker thread behind the engine's capacity slot: a busy node says
+Before any compute the request must pass `JobGate` (the job is open and drawn on-chain with
+exactly these parameters, this provider sits in that seat, the peer is the job's consumer, the
+sampling hashes to the job's promptHash, the delivery window is still open) and `ServedJobs`
+(served once per job and seat). What it signed is kept for the claim keeper before it is sent. Inference runs in a worker thread behind the engine's capacity slot: a busy node says
 "busy" at once. trio stays in this module and mesh.p2p; the engine and the chain are synchronous.
 """
 
@@ -104,8 +104,6 @@ class JobGate:
         if stored != job.hash():
             raise ProtocolError("unpaid", "no open job on-chain has these parameters (not opened, not drawn yet, "
                                           "settled, or other seats): open and draw it, then send the current job")
-        if job.drawn_at == 0:
-            raise ProtocolError("unpaid", "the job's seats are not drawn yet: draw them (the escrow is taken then)")
         if now >= job.drawn_at + self.delivery_window:
             raise ProtocolError("expired", "the job's delivery window has passed: open a new job")
         # Escrow needs no separate check: the draw took maxTokens * priceCap per seat (and a jury
@@ -215,13 +213,15 @@ class ProviderService:
         claim = ResultClaim(req.job_id, out_hash, result.completion_tokens).sign(
             self.account, self.gate.chain.chain_id, self.gate.chain.market.address)
         finish = "stop" if result.finish_reason == "stop" else "length"
-        await session.send(ResultFrame(output_hash=out_hash, token_count=result.completion_tokens,
-                                       tokens=pack_tokens(result.tokens), signature=claim.signature,
-                                       finish_reason=finish, prompt_tokens=result.prompt_tokens).to_wire())
         if self.claims is not None:
+            # Kept (durably) before the signature leaves: a crash between the two must not leave the
+            # consumer with a signed result and this node with nothing to claim.
             self.claims.add(Claim(req.job_id, req.job, req.seat, out_hash, result.completion_tokens,
                                   text_hash=keccak(text.encode("utf-8")), tokens=pack_tokens(result.tokens),
                                   request=canonical_json(req.sampling.request(req.job.model_hash))))
+        await session.send(ResultFrame(output_hash=out_hash, token_count=result.completion_tokens,
+                                       tokens=pack_tokens(result.tokens), signature=claim.signature,
+                                       finish_reason=finish, prompt_tokens=result.prompt_tokens).to_wire())
         entry.tokens = result.completion_tokens
         entry.total_ms = (time.perf_counter() - t0) * 1000
         entry.outcome = "served"

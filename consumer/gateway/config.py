@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.protocol import (MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_SEED, MAX_STOP_BYTES, MAX_STOPS,
+from mesh.protocol import (MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_SEED, MAX_STOP_CHARS, MAX_STOPS,
                            MAX_TEMPERATURE_MILLI, MAX_TOKENS, SEATS)
 
 
@@ -18,7 +18,7 @@ class Limits:
     max_tokens: int = MAX_TOKENS
     max_prompt_bytes: int = MAX_PROMPT_BYTES
     max_stops: int = MAX_STOPS
-    max_stop_bytes: int = MAX_STOP_BYTES
+    max_stop_chars: int = MAX_STOP_CHARS
     max_seed: int = MAX_SEED
     max_temperature_milli: int = MAX_TEMPERATURE_MILLI
     #: OpenAI's default is "as many as fit"; a market job needs a known size (it sets the escrow).

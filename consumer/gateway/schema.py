@@ -204,8 +204,8 @@ def _stop(body: dict, limits: Limits) -> tuple[str, ...]:
             raise bad(f"'stop[{i}]' must be a string, got {_type_name(s)}.", "stop", "invalid_type")
         if not s:
             raise bad("Stop sequences must not be empty.", "stop")
-        if len(s.encode("utf-8")) > limits.max_stop_bytes:
-            raise bad(f"Stop sequences may be at most {limits.max_stop_bytes} bytes (UTF-8).", "stop")
+        if len(s) > limits.max_stop_chars:
+            raise bad(f"Stop sequences may be at most {limits.max_stop_chars} characters.", "stop")
     return tuple(dict.fromkeys(items))  # drop duplicates, keep order
 
 
