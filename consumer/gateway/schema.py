@@ -19,7 +19,7 @@ Parameters of POST /v1/chat/completions and /v1/completions fall in four groups:
 Deviations from OpenAI, on purpose: temperature defaults to 0 (greedy: three providers must
 agree), temperature/top_p are rounded to thousandths (the wire has no floats), seed must fit the
 wire (0..2^32-2), max_tokens defaults to the gateway's setting (every request has a known cost),
-stop strings are at most 64 bytes (the wire's limit), "developer" messages are sent as "system",
+stop strings are at most 64 characters (the wire's limit), "developer" messages are sent as "system",
 text content parts are joined with "\\n", and empty message contents are refused (the wire
 refuses them).
 """
