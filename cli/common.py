@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import click
-from eth_account.signers.local import LocalAccount
 
-from mesh import config, keys
-from mesh.chain import Chain
-from mesh.config import Deployment
-from mesh.market import MAX_PRICE
+from mesh import config
+from mesh.limits import MAX_PRICE
 from mesh.types import parse_amount, parse_price
+
+if TYPE_CHECKING:  # web3 and eth-account take a second to import: only the commands that sign pay for it
+    from eth_account.signers.local import LocalAccount
+
+    from mesh.chain import Chain
 
 rpc_option = click.option("--rpc", "rpc", default=None, metavar="URL",
                           help="JSON-RPC URL of the chain (default: $MESH_RPC_URL, the recorded market's, or the "
@@ -48,7 +51,9 @@ def price_callback(ctx, param, value):
 
 
 def open_chain(rpc: str | None) -> Chain:
-    return Chain.open(Deployment.load(), config.rpc_url(rpc))
+    from mesh.chain import Chain
+
+    return Chain.open(config.Deployment.load(), config.rpc_url(rpc))
 
 
 def account_name(name: str | None, default: str | None = None) -> str:
@@ -56,6 +61,8 @@ def account_name(name: str | None, default: str | None = None) -> str:
     name = name or os.environ.get("MESH_ACCOUNT") or default
     if name:
         return name
+    from mesh import keys
+
     found = keys.list_accounts()
     if len(found) == 1:
         return found[0]
@@ -66,6 +73,8 @@ def account_name(name: str | None, default: str | None = None) -> str:
 
 def resolve_account(name: str | None, chain_id: int | None, default: str | None = None) -> LocalAccount:
     """Load the signing account; the keystore password comes from $MESH_PASSWORD or a prompt."""
+    from mesh import keys
+
     name = account_name(name, default)
     password = None
     if not name.startswith("dev:") and keys.has_keystore(name):

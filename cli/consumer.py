@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from eth_utils import to_checksum_address
 
 from cli.common import (
     account_option,
@@ -18,7 +17,7 @@ from cli.common import (
     table,
 )
 from mesh.errors import ConfigError, QueryError
-from mesh.protocol import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
+from mesh.limits import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
 from mesh.types import format_amount, format_price
 
 
@@ -68,6 +67,12 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
     if len(stop) > MAX_STOPS or any(not t or len(t) > MAX_STOP_CHARS for t in stop):
         raise click.BadParameter(f"give at most {MAX_STOPS} non-empty stop strings of at most {MAX_STOP_CHARS} characters",
                                  param_hint="--stop")
+    from cli.gateway import ask_via_gateway
+
+    if ask_via_gateway(prompt, model=model, system=system, max_tokens=max_tokens, max_price=max_price,
+                       temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop), dispute=dispute,
+                       group=group, account_name=account_name, rpc=rpc, as_json=as_json) is not None:
+        return  # a running gateway (`mesh serve`) answered, with its warm node and cache
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     out = _Stream(quiet=as_json)
@@ -192,7 +197,7 @@ def settle(account_name, rpc, as_json) -> None:
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     done = settle_pending(chain, acct, on_event=(lambda m: None) if as_json else click.echo)
-    left = [p for p in Journal().pending() if p.job is not None and p.job.consumer == to_checksum_address(acct.address)]
+    left = [p for p in Journal().pending() if p.job is not None and p.job.consumer == acct.address]
     if as_json:
         echo_json({"jobs": done, "pending": ["0x" + p.job_id.hex() for p in left]})
     elif not done:

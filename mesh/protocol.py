@@ -49,6 +49,25 @@ from pydantic import (
 )
 
 from mesh.errors import ManifestError, ProtocolError
+from mesh.limits import (  # noqa: F401 — re-exported
+    JOB_SLOTS,
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_INT_DIGITS,
+    MAX_JOB_TOKENS,
+    MAX_MANIFEST_FRAME,
+    MAX_MANIFEST_REQUEST_FRAME,
+    MAX_MESSAGES,
+    MAX_PROMPT_BYTES,
+    MAX_REQUEST_FRAME,
+    MAX_SEED,
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    MAX_TEMPERATURE_MILLI,
+    MAX_TOKENS,
+    SEATS,
+    UINT64_MAX,
+)
 
 PROTOCOL_VERSION = 2
 INFER_PROTOCOL = "/meshmarket/infer/2.0.0"
@@ -60,36 +79,10 @@ MANIFEST_KIND = "meshmarket.manifest"
 
 # ------------------------------------------------------------------------------ limits
 
-#: Framing (mesh.p2p): 4-byte big-endian length + a UTF-8 JSON object of at most this many bytes.
-MAX_FRAME = 1024 * 1024
-#: Deepest array/object nesting accepted in a frame body.
-MAX_DEPTH = 64
-#: Longest integer literal accepted in a frame (the largest protocol value, 2^64, has 20 digits).
-MAX_INT_DIGITS = 40
-#: Largest request frame a provider reads (prompts are at most MAX_PROMPT_BYTES of text).
-MAX_REQUEST_FRAME = 256 * 1024
-#: Largest manifest request a provider reads, and largest manifest answer a consumer reads.
-MAX_MANIFEST_REQUEST_FRAME = 4096
-MAX_MANIFEST_FRAME = 64 * 1024
-MAX_PROMPT_BYTES = 64 * 1024
-MAX_MESSAGES = 64
-MAX_TOKENS = 4096
-#: llama.cpp reads seed 0xFFFFFFFF as "pick a random seed", which would make a sampled answer
-#: unreproducible, so the largest usable seed is one less.
-MAX_SEED = 2**32 - 2
-MAX_TEMPERATURE_MILLI = 2000
-#: Stop sequences a request may give (as OpenAI's API), and the longest one in characters.
-MAX_STOPS = 4
-MAX_STOP_CHARS = 64
-#: Seats of a job: three drawn, up to two added (JobMarket.SEATS).
-SEATS = 5
-#: Jobs a consumer may have open at once: its slots on-chain (JobMarket.RING).
-JOB_SLOTS = 16
+# (in mesh.limits, a dependency-free module the CLI reads at start-up; re-exported above)
+
 ZERO_ADDRESS = "0x" + "00" * 20
-#: A job's max tokens on-chain (JobMarket.MAX_TOKENS_LIMIT); a request asks for at most MAX_TOKENS.
-MAX_JOB_TOKENS = 2**20
 ROLES = ("system", "user", "assistant")
-UINT64_MAX = 2**64 - 1
 
 #: Sampler settings that are not part of a request are part of the protocol: every provider uses
 #: them, or sampled answers differ. They equal llama-cpp-python's create_completion defaults.

@@ -27,7 +27,7 @@ STAKE = 10**9
 
 #: Tests that start provider processes (the shared devnet, the demo, the CLI) run on one xdist
 #: worker, one after another, so two copies of the devnet never compete for the two cores.
-PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py")
+PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py", "test_gateway.py", "test_explorer.py")
 
 
 def pytest_collection_modifyitems(config, items):
