@@ -83,7 +83,7 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
                       top_p_milli=round(top_p * 1000), seed=seed, stop=tuple(stop), group=group_id(group),
                       dispute=dispute)
     offers = discover(chain, model_hash, opts.group)
-    selector = Selector.open(chain, on_warning=say)
+    selector = Selector.open(chain, on_warning=say, consumer=acct.address)
     asker = Asker(chain, acct, observe=selector.observe, on_event=say)
     _approve_escrow(chain, acct, asker, opts, yes)
     messages = ([("system", system)] if system else []) + [("user", prompt)]

@@ -96,7 +96,7 @@ def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
     net.fund(CONSUMER)
     net.mc.deposit(consumer, 10 * MESH)  # prepaid credit: each query then needs no token transfer
     journal = Journal(root / "consumer-jobs")
-    selector = Selector.open(net.chain, url=f"sqlite:///{root / 'consumer-ledger.sqlite'}")
+    selector = Selector.open(net.chain, url=f"sqlite:///{root / 'consumer-ledger.sqlite'}", consumer=consumer.address)
     cheater = dev_account(CHEATER).address
     extra, drawn = list(MORE_QUESTIONS), False
     k = 0

@@ -57,7 +57,7 @@ class ProviderProc:
 class MeshNet:
     def __init__(self, root: Path, block_time: float | None = None) -> None:
         self.root = root
-        self.anvil: AnvilProcess = start_anvil(block_time=block_time)
+        self.anvil: AnvilProcess | None = start_anvil(block_time=block_time)
         self.url = self.anvil.url
         w3 = connect(self.url)
         self.deployment = deploy(w3, dev_account(0), self.url, MarketParams())
@@ -65,6 +65,16 @@ class MeshNet:
         self.mc = MarketClient(self.chain)
         self.providers: dict[int, ProviderProc] = {}
         self.model_hash: bytes = b""
+
+    @classmethod
+    def attach(cls, chain: Chain, root: Path | None = None) -> MeshNet:
+        """A MeshNet over a market that is already running (`mesh devnet up`): its funding and clock
+        helpers, without starting or owning any process."""
+        net = cls.__new__(cls)
+        net.root, net.anvil, net.url = root or temp_root(), None, chain.deployment.rpc_url
+        net.deployment, net.chain, net.mc = chain.deployment, chain, MarketClient(chain)
+        net.providers, net.model_hash = {}, b""
+        return net
 
     def env(self, home: Path) -> dict:
         return {**os.environ, "MESH_HOME": str(home), "MESH_RPC_URL": self.url, "PYTHONUNBUFFERED": "1"}
@@ -128,7 +138,8 @@ class MeshNet:
     def close(self) -> None:
         for i in list(self.providers):
             self.stop(i)
-        self.anvil.stop()
+        if self.anvil is not None:
+            self.anvil.stop()
 
     def new_consumer(self, mesh: int = 10_000 * MESH, eth: int = 10**20, approve: bool = True):
         """A fresh funded account, so balance assertions see only this test's jobs."""

@@ -31,15 +31,16 @@ __all__ = ["AskOptions", "Asker", "Offer", "Receipt", "discover", "eligible", "s
 
 class Asker:
     def __init__(self, chain: Chain, account: LocalAccount, *, journal: Journal | None = None,
-                 observe: Callable[[str, str, float | None], None] | None = None,
+                 observe: Callable[[str, str, float | None, bytes], None] | None = None,
                  on_event: Callable[[str], None] | None = None,
                  on_any_token: Callable[[int, str, str], None] | None = None) -> None:
         self.chain = chain
         self.account = account
         self.mc = MarketClient(chain)
         self.journal = journal or Journal()
-        #: Records what a provider did (address, "first_token_ms" | "failure" | "timeout" | ..., value).
-        self.observe = observe or (lambda provider, kind, value: None)
+        #: Records what a seat did: (address, "first_token_ms" | "failure" | "timeout", value, job id);
+        #: the job is this node's own (consumer.selection.Selector.observe).
+        self.observe = observe or (lambda provider, kind, value, job_id: None)
         self.on_event = on_event or (lambda msg: None)
         #: Sees every seat's tokens (seat, provider address, text), not only the streamed one.
         self.on_any_token = on_any_token

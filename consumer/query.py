@@ -41,6 +41,9 @@ from mesh.types import format_amount, format_when
 MANIFEST_TIMEOUT = 5.0
 #: A pool this small is dialled while the job opens (its seats are among it).
 PREDIAL_POOL = 8
+#: A seat that answers "busy" is asked again this many times, after BUSY_BACKOFF x attempt seconds,
+#: before a seat is added in its place (an added seat costs gas; a provider runs one job at a time).
+BUSY_RETRIES, BUSY_BACKOFF = 3, 0.5
 #: Refusals that are about the request, not the provider: another seat would refuse it too.
 REQUEST_FAULTS = frozenset({"context_overflow", "too_large", "bad_request", "mismatch", "wrong_model"})
 
@@ -214,7 +217,7 @@ class Query:
         return sink
 
     async def _run_seat(self, node: Node, seat: int) -> None:
-        retried = False
+        retried, busy = False, 0
         while seat is not None:
             address = self.job.seats[seat]
             offer = self.offers.get(address)
@@ -232,6 +235,10 @@ class Query:
                 await self._landed(seat)
                 if exc.code == "unpaid" and job_sent is not self.job and not retried:
                     retried = True  # a seat was added while this request travelled: resend the job
+                    continue
+                if exc.code == "busy" and busy < BUSY_RETRIES:
+                    busy += 1  # one job at a time per engine: the seat is likely free in a moment
+                    await trio.sleep(BUSY_BACKOFF * busy)
                     continue
                 if exc.code in REQUEST_FAULTS:
                     # The request itself is refused: every seat would refuse it, so adding one would
@@ -257,14 +264,14 @@ class Query:
         r = self.slots[seat]
         r.first_token_ms, r.total_ms, r.tokens = answer.first_token_ms, answer.total_ms, answer.result.token_count
         r.status = "lied: claims more tokens than the job allows" if answer.lie else "delivered"
-        self.asker.observe(answer.provider, "first_token_ms", answer.first_token_ms)
+        self.asker.observe(answer.provider, "first_token_ms", answer.first_token_ms, self.job_id)
         self.pending.results[seat], self.pending.texts[seat] = answer.claim, answer.text
         self.asker.journal.save(self.pending)
 
     async def _failed(self, seat: int, exc: ProviderFailed) -> int | None:
         """A seat failed: note it, and add a drawn seat in its place (None: no more seats)."""
         address = self.job.seats[seat]
-        self.asker.observe(address, "timeout" if exc.code == "timeout" else "failure", None)
+        self.asker.observe(address, "timeout" if exc.code == "timeout" else "failure", None, self.job_id)
         self.slots[seat].status = f"failed ({exc.code})"
         self.asker.on_event(f"seat #{seat} {address[:10]}… failed: {exc}")
         async with self.seat_lock:
@@ -319,6 +326,8 @@ class Query:
         builds = {a: m.build.fingerprint if m.build else "" for a, m in self.manifests.items()}
         answering = {builds.get(self.job.seats[i], "") for i in outcome.seats}
         answer = self.answers[outcome.seats[0]].result if outcome.seats else None
+        for i in outcome.seats:
+            self.slots[i].backs_answer = True
         return Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, self.slots, self.job.held, refund,
                        self.gas, self.timings, settled, "".join(self.streamed), outcome=kind, builds=builds,
                        system_fingerprint=answering.pop() if len(answering) == 1 else "",

@@ -19,6 +19,8 @@ class SlotReport:
     status: str = ""
     first_token_ms: float = math.nan
     total_ms: float = math.nan
+    #: Its result is the answer shown (the strict majority's, else the first valid one).
+    backs_answer: bool = False
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Receipt:
             "prompt_tokens": self.prompt_tokens,
             "providers": [{"index": s.index, "address": s.provider, "price": s.price, "tokens": s.tokens,
                            "paid": s.paid, "slashed": s.slashed, "agreed": s.agreed, "status": s.status,
-                           "build": self.builds.get(s.provider) or None,
+                           "build": self.builds.get(s.provider) or None, "backs_answer": s.backs_answer,
                            "first_token_ms": None if math.isnan(s.first_token_ms) else round(s.first_token_ms, 1)}
                           for s in self.slots],
             "escrow": self.escrow, "paid": self.paid, "refund": self.refund, "gas": self.gas,

@@ -34,7 +34,7 @@ from consumer.journal import Journal
 from consumer.selection import Selector
 from mesh.chain import Chain
 from mesh.config import Deployment
-from mesh.market import MarketClient, job_state
+from mesh.market import job_state
 from mesh.protocol import Sampling
 
 pytestmark = pytest.mark.xdist_group("processes")
@@ -92,9 +92,7 @@ def attach(chain: Chain):
     """A MeshNet object over the running devnet (for its funding and clock helpers)."""
     from cli.devnet import MeshNet
 
-    net = MeshNet.__new__(MeshNet)
-    net.chain, net.deployment, net.mc, net.url = chain, chain.deployment, MarketClient(chain), chain.deployment.rpc_url
-    return net
+    return MeshNet.attach(chain)
 
 
 def start_gateway(chain, consumer, root: Path, config: GatewayConfig, settings: MarketSettings,

@@ -97,7 +97,7 @@ class MarketBackend:
         self.selector = selector
         self.running: set[_Query] = set()
         self._limiters: dict[bytes, trio.CapacityLimiter] = {}
-        self._observed: list[tuple[str, str, float | None]] = []
+        self._observed: list[tuple[str, str, float | None, bytes]] = []
         #: provider -> (sum of first-token ms, count), as this gateway saw them
         self.latency: dict[str, tuple[float, int]] = {}
         #: this gateway's last jobs (the explorer's fallback when there is no ledger)
@@ -136,15 +136,15 @@ class MarketBackend:
                 log.warning("gateway: settling open jobs failed: %s", exc)
             await trio.sleep(self.settings.settle_every)
 
-    def observe(self, provider: str, kind: str, value: float | None) -> None:
+    def observe(self, provider: str, kind: str, value: float | None, job_id: bytes) -> None:
         """What a query saw of a provider: kept for the explorer, recorded in the ledger later (a
         database write does not belong in the loop that streams)."""
         if kind == "first_token_ms" and value is not None and value == value:
             total, count = self.latency.get(provider, (0.0, 0))
             self.latency[provider] = (total + value, count + 1)
-        self._observed.append((provider, kind, value))
+        self._observed.append((provider, kind, value, job_id))
 
-    def take_observations(self) -> list[tuple[str, str, float | None]]:
+    def take_observations(self) -> list[tuple[str, str, float | None, bytes]]:
         out, self._observed = self._observed, []
         return out
 
@@ -249,8 +249,8 @@ class _Query:
             if out:
                 self.on_token(out)
 
-    def _observe(self, provider: str, kind: str, value: float | None) -> None:
-        self.b.observe(provider, kind, value)
+    def _observe(self, provider: str, kind: str, value: float | None, job_id: bytes) -> None:
+        self.b.observe(provider, kind, value, job_id)
         if self.policy is not None and kind in ("failure", "timeout"):
             for seat in self.seats_of.get(provider, ()):
                 out = self.policy.fail(seat)

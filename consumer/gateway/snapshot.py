@@ -113,8 +113,8 @@ class Snapshots:
         if sel is None:
             return False
         try:
-            for provider, kind, value in observed:
-                sel.observe(provider, kind, value)
+            for provider, kind, value, job_id in observed:
+                sel.observe(provider, kind, value, job_id=job_id)
             sel.sync()
             return True
         except MeshError as exc:
