@@ -71,13 +71,12 @@ def main() -> int:
 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in (2, 3):
-            net.register(i, 10)  # listed in the job (not started): the job needs three providers
+            net.register(i, 10)  # in the pool (not started): a job draws three seats
         consumer = dev_account(5)
         net.fund(5)
         net.chain.ensure_allowance(consumer, net.deployment.registry, 10**15)
         p = net.providers[1]
         direct, mesh, cold_stream = [], [], []
-        three = [net.providers[i].address for i in (1, 2, 3)]
 
         async def run() -> None:
             async with Node.start(bytes(consumer.key)) as node:
@@ -88,8 +87,9 @@ def main() -> int:
                     def open_job(seed: int):
                         s = Sampling(messages=(("user", PROMPT),), max_tokens=args.max_tokens, seed=seed)
                         job_id, job, _ = net.mc.open_job(consumer, net.model_hash, s.prompt_hash(net.model_hash),
-                                                         args.max_tokens, 10, three, approve=False)
-                        return InferRequest(job_id, job, 0, s)
+                                                         args.max_tokens, 10, approve=False)
+                        job, _ = net.mc.draw_seats(consumer, job)  # the pool is these three: all seated
+                        return InferRequest(job_id, job, job.seat_of(p.address), s)
 
                     # As `mesh ask` does: the stream opens while openJob is mined; the clock starts
                     # when the request is sent (the provider's on-chain check is inside).
