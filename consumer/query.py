@@ -39,8 +39,11 @@ from mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonica
 from mesh.types import format_amount, format_when
 
 MANIFEST_TIMEOUT = 5.0
-#: A pool this small is dialled while the job opens (its seats are among it).
-PREDIAL_POOL = 8
+#: A pool this small is dialled while the job opens (its seats are among it), and waited for this
+#: long at most after the open is mined before the draw.
+PREDIAL_POOL, PREFETCH_GRACE = 8, 0.25
+#: The most UTF-8 bytes one token of a prompt is taken to cover (the pre-draw context check).
+BYTES_PER_TOKEN_MAX = 8
 #: A seat that answers "busy" is asked again this many times, after BUSY_BACKOFF x attempt seconds,
 #: before a seat is added in its place (an added seat costs gas; a provider runs one job at a time).
 BUSY_RETRIES, BUSY_BACKOFF = 3, 0.5
@@ -133,6 +136,8 @@ class Query:
     def __post_init__(self) -> None:
         self.t_start = time.perf_counter()
         self.pending: PendingJob | None = None
+        #: Pool members whose manifest fetch ended (answered or not).
+        self.dialled: set[str] = set()
         #: A seat's refusal of the request itself (REQUEST_FAULTS), if any.
         self.request_fault: ProviderFailed | None = None
         self.seat_lock = trio.Lock()
@@ -144,15 +149,22 @@ class Query:
     # -- open and draw
 
     async def open_and_draw(self, node: Node) -> None:
-        """Open the job and draw its seats (two transactions, in a worker thread); meanwhile dial
-        the pool when it is small (the seats will be among them: their connections are then warm)."""
+        """Open the job; meanwhile dial the pool when it is small (the seats will be among them: their
+        connections are then warm, and their manifests say their context). Check what can be
+        checked before any escrow is taken, then draw the seats (the two transactions run in worker
+        threads)."""
         async with trio.open_nursery() as n:
             if len(self.offers) <= PREDIAL_POOL:
                 for o in self.offers.values():
                     n.start_soon(self._fetch_manifest, node, o)
-            await trio.to_thread.run_sync(self._open_and_draw_sync)
+            await trio.to_thread.run_sync(self._open_sync)
+            with trio.move_on_after(PREFETCH_GRACE):  # the dialling usually ends before the open is mined
+                while len(self.offers) <= PREDIAL_POOL and len(self.dialled) < len(self.offers):
+                    await trio.sleep(0.005)
+            self._check_context()
+            await trio.to_thread.run_sync(self._draw_sync)
 
-    def _open_and_draw_sync(self) -> None:
+    def _open_sync(self) -> None:
         a, s = self.asker, self.sampling
         t = time.perf_counter()
         self.job_id, job, r1 = a.mc.open_job(a.account, self.model_hash, s.prompt_hash(self.model_hash), s.max_tokens,
@@ -160,10 +172,30 @@ class Query:
         self.pending = PendingJob(self.job_id, job)
         a.journal.save(self.pending)
         self.timings["open"] = (time.perf_counter() - t) * 1000
+        self.gas["open"] = r1["gasUsed"]
+        self.job = job
+
+    def _check_context(self) -> None:
+        """Refuse, before the draw takes any escrow, a request that cannot fit the pool's context.
+        The consumer has no tokenizer: a prompt is taken to be at least one token per
+        BYTES_PER_TOKEN_MAX bytes (a bound no tokenizer of these models beats on real text), so only
+        a request that certainly cannot fit is refused here; the seats refuse the rest exactly."""
+        contexts = [m.context_length for m in self.manifests.values()]
+        if not contexts:
+            return
+        least = -(-self.sampling.prompt_bytes // BYTES_PER_TOKEN_MAX) + self.sampling.max_tokens
+        if least > max(contexts):
+            raise QueryError(f"the prompt (at least {least - self.sampling.max_tokens} tokens) plus max_tokens "
+                             f"{self.sampling.max_tokens} cannot fit the providers' context of at most {max(contexts)} tokens",
+                             f"shorten the prompt or lower --max-tokens; job 0x{self.job_id.hex()} was opened but not "
+                             "drawn: nothing was escrowed, and it expires by itself")
+
+    def _draw_sync(self) -> None:
+        a = self.asker
         t = time.perf_counter()
-        self.job, r2 = a.mc.draw_seats(a.account, job)
+        self.job, r2 = a.mc.draw_seats(a.account, self.job)
         self.timings["draw"] = (time.perf_counter() - t) * 1000
-        self.gas["open"], self.gas["draw"] = r1["gasUsed"], r2["gasUsed"]
+        self.gas["draw"] = r2["gasUsed"]
         self.pending.job = self.job
         a.journal.save(self.pending)
         self.slots = [SlotReport(i, self.job.seats[i], self.job.prices[i]) for i in range(self.job.seat_count)]
@@ -180,6 +212,8 @@ class Query:
             if exc.code == "bad_manifest":
                 self._manifest_rejected(o, str(exc))
             return  # a seat without a manifest still serves; the receipt says its build is unknown
+        finally:
+            self.dialled.add(o.address)
         if digest != o.manifest_hash:
             self._manifest_rejected(o, "it serves a manifest that is not the one it registered (registered again?)")
         elif m.model_sha256 != "0x" + self.model_hash.hex():
