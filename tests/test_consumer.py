@@ -271,3 +271,22 @@ def test_consumer_walks_away_providers_still_paid(meshnet, tmp_path):
     # The consumer's next run finds the job closed and clears its journal.
     (done,) = settle_pending(net.chain, c, journal)
     assert done["action"] == "closed" and journal.pending() == []
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_any_escrow(meshnet, tmp_path):
+    """30 KB of prompt cannot fit a 2,048-token context: refused after the open, before the draw
+    takes any escrow (the pool's manifests say its context); the undrawn job expires by itself."""
+    net = meshnet
+    c = net.new_consumer()
+    before = net.chain.balance(c.address) + net.mc.credit(c.address)
+    journal = Journal(tmp_path)
+    asker = Asker(net.chain, c, journal=journal)
+    with pytest.raises(QueryError, match="cannot fit the providers' context of at most 2048"):
+        asker.ask([("user", "word " * 6000)], net.model_hash, discover(net.chain, net.model_hash),
+                  AskOptions(max_tokens=MAX, max_price=CAP))
+    assert net.chain.balance(c.address) + net.mc.credit(c.address) == before  # no escrow, no token spent
+    (pending,) = journal.pending()
+    assert pending.job.drawn_at == 0 and net.mc.is_open(pending.job)
+    net.chain.w3.provider.make_request("anvil_mine", [hex(9)])  # past the draw window
+    (done,) = settle_pending(net.chain, c, journal)
+    assert done["action"] == "closed" and done["outcome"] == "refunded" and journal.pending() == []
