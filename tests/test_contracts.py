@@ -295,10 +295,11 @@ def mirror_draw(pool_members, seed: bytes, count: int, exclude=(), for_seat: boo
 
 def registry_draw(m, pool: bytes, seed: bytes, count: int, exclude=(), for_seat=False, price_cap=0,
                   max_tokens=0) -> list[str]:
-    """The registry's own draw, called as the market would (eth_call: nothing changes)."""
+    """The registry's own draw, called as the market would in the next block (eth_call at the
+    pending block: nothing changes, and the pool is the one the next block begins with)."""
     spec = (pool, seed, count, price_cap, max_tokens, for_seat, ZERO_ADDRESS, 0)
     picked, _, found = m.chain.registry.functions.draw(spec, list(exclude)).call(
-        {"from": m.chain.market.address})
+        {"from": m.chain.market.address}, block_identifier="pending")
     return list(picked[:found])
 
 
