@@ -29,7 +29,7 @@ the job ring (SlotBusy, reuse of a closed slot, job ids from the open block), th
 the registry does it (seed keccak256(abi.encode(jobId, blockhash(openBlock), prevrandao)) within
 DRAW_WINDOW = 8 blocks of the open, attempt k hashes keccak256(abi.encode(seed, k)), member
 r % size, acceptance (r >> 128) % weightCap < min(free, weightCap), exclusions, price cap,
-lock * maxLockShare <= free, 64 attempts; addSeat's seed keccak256(seed, n); the jury's
+lock * maxLockShare <= free, 64 attempts; addSeat's seed keccak256(seed, n, prevrandao); the jury's
 keccak256(abi.encode(seed of the dispute block, "jury")), a full jury from the job's pool or else
 the model's open market, or a void dispute), settlement
 (agreed, refunded, contested; provable lies; a seat left out only from claimEnd and only without a
@@ -876,7 +876,8 @@ class Model:
         n = job.n_seats
         if n == 5:
             raise Revert("SeatsFull")
-        found = self.draw(pool_key(job.model, job.group), keccak(job.seed + _w(n)), 1, job.price_cap, job.max_tokens,
+        found = self.draw(pool_key(job.model, job.group), keccak(job.seed + _w(n) + self.prevrandao), 1, job.price_cap,
+                          job.max_tokens,
                           True, job.consumer, job.max_tokens * job.price_cap, [*job.seats[:n], job.consumer])
         if not found:
             raise Revert("NotEnoughProviders", 0, 1)
@@ -1558,7 +1559,7 @@ class Generator:
         sender = rec.job.consumer if rng.random() < 0.93 else self.any_sender(rng)
         job = self.pass_job(rng, m, rec)
         return self.step(f"addSeat {_short(job.jid)} by {self.name(sender)}", sender, "market", "addSeat",
-                         (job.abi(),), lambda t: t.add_seat(sender, job))
+                         (job.abi(),), lambda t: t.add_seat(sender, job), randao=True)
 
     def g_expire(self, rng: random.Random, m: Model, rec: Rec) -> Step:
         sender = self.any_sender(rng)

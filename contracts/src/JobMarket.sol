@@ -270,7 +270,8 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
     }
 
     /// One more seat (a seat failed, or the consumer wants more assurance), drawn like the first
-    /// three with keccak256(seed, seat); the consumer escrows its share. No seat is ever removed.
+    /// three with keccak256(seed, seat, prevrandao) (unknown before its block, like the first
+    /// draw's); the consumer escrows its share. No seat is ever removed.
     function addSeat(Job calldata job) external nonReentrant {
         bytes32 jobId = _checkOpen(job);
         if (msg.sender != job.consumer) revert NotConsumer();
@@ -285,7 +286,7 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         }
         exclude[n] = job.consumer;
         (address[3] memory seat, uint64[3] memory price, uint256 found) = registry.draw(
-            ProviderRegistry.DrawSpec(_pool(job), keccak256(abi.encode(job.seed, n)), 1, job.priceCap, job.maxTokens, true,
+            ProviderRegistry.DrawSpec(_pool(job), _addSeed(job.seed, n), 1, job.priceCap, job.maxTokens, true,
                 job.consumer, uint256(job.maxTokens) * job.priceCap),
             exclude
         );
@@ -554,6 +555,11 @@ contract JobMarket is EIP712, ReentrancyGuardTransient {
         if (block.number <= fromBlock) revert TooEarly(fromBlock + 1);
         if (block.number > uint256(fromBlock) + DRAW_WINDOW) revert DrawExpired(fromBlock);
         return keccak256(abi.encode(jobId, blockhash(fromBlock), block.prevrandao));
+    }
+
+    function _addSeed(bytes32 seed, uint256 n) private view returns (bytes32) {
+        if (msg.sender != tx.origin) revert DrawByContract();
+        return keccak256(abi.encode(seed, n, block.prevrandao));
     }
 
     function _checkOpen(Job calldata job) private view returns (bytes32 jobId) {
