@@ -13,6 +13,7 @@ import click
 from cli.common import echo_json, json_option, rpc_option
 from mesh import config
 from mesh.anvil import rpc_call, start_anvil
+from mesh.files import write_json
 from mesh.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ def up(port: int, host: str, block_time: float | None, detach: bool, as_json: bo
     node = start_anvil(port, detach=detach, log_path=config.home() / "anvil.log", host=host, block_time=block_time)
     state = {"pid": node.proc.pid, "port": port, "host": host, "url": node.url, "chain_id": config.ANVIL_CHAIN_ID,
              "block_time": block_time, "urls": reachable_urls(host, port), "detached": detach}
-    _state_path().write_text(json.dumps(state))
+    write_json(_state_path(), state)
     if as_json:
         echo_json(state)
     else:

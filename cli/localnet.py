@@ -30,6 +30,7 @@ import click
 from cli.common import echo_json, json_option, table
 from mesh import config
 from mesh.errors import ConfigError
+from mesh.files import write_json
 
 MESH = 10**6
 CONSUMER = 9
@@ -188,9 +189,7 @@ def _setup(net, prices: dict[int, int], cheating: tuple[int, ...], block_time: i
                       for i, p in sorted(net.providers.items())],
         "started_at": int(time.time()),
     }
-    tmp = paths["record"].with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(paths["record"])
+    write_json(paths["record"], record)
     return record
 
 

@@ -154,15 +154,19 @@ class Query:
         checked before any escrow is taken, then draw the seats (the two transactions run in worker
         threads)."""
         async with trio.open_nursery() as n:
-            if len(self.offers) <= PREDIAL_POOL:
-                for o in self.offers.values():
-                    n.start_soon(self._fetch_manifest, node, o)
+            for o in self._predial():
+                n.start_soon(self._fetch_manifest, node, o)
             await trio.to_thread.run_sync(self._open_sync)
             with trio.move_on_after(PREFETCH_GRACE):  # the dialling usually ends before the open is mined
-                while len(self.offers) <= PREDIAL_POOL and len(self.dialled) < len(self.offers):
+                while len(self.dialled) < len(self._predial()):
                     await trio.sleep(0.005)
             self._check_context()
             await trio.to_thread.run_sync(self._draw_sync)
+
+    def _predial(self) -> list[Offer]:
+        """The pool members a draw could seat (at or under the price cap), if there are few."""
+        could = [o for o in self.offers.values() if o.price <= self.opts.max_price]
+        return could if len(could) <= PREDIAL_POOL else []
 
     def _open_sync(self) -> None:
         a, s = self.asker, self.sampling

@@ -25,9 +25,13 @@ from consumer.journal import Journal, PendingJob
 from mesh.chain import Chain
 from mesh.config import MarketParams
 from mesh.errors import ChainError
-from mesh.market import DRAW_WINDOW, OUTCOMES, JobState, MarketClient, job_state
+from mesh.market import CLOSED, DRAW_WINDOW, OUTCOMES, ZERO32, JobState, MarketClient, job_state
 from mesh.types import format_when
 
+
+
+#: How far back (blocks) `settle_pending` looks for jobs opened but never journaled.
+ORPHAN_SCAN = 100_000
 
 
 @dataclass(frozen=True)
@@ -99,11 +103,38 @@ def settle_pending(chain: Chain, account: LocalAccount, journal: Journal | None 
     journal = journal or Journal()
     say = on_event or (lambda msg: None)
     report = []
+    _adopt_orphans(chain, account, journal, say)
     for pj in journal.pending():
         if pj.job is None or pj.job.consumer != account.address:
             continue
         report.append(_advance(chain, account, journal, pj, say))
     return report
+
+
+def _adopt_orphans(chain: Chain, account: LocalAccount, journal: Journal, say: Callable[[str], None]) -> None:
+    """Journal the account's jobs that are open on-chain but not in the journal (a crash between
+    the open being mined and the journal being written): found from its busy ring slots and its
+    JobOpened events in the last ORPHAN_SCAN blocks, then moved on like any other."""
+    known = {pj.job.slot for pj in journal.pending() if pj.job is not None and pj.job.consumer == account.address}
+    busy = [i for i, h in enumerate(chain.market.functions.slotsOf(account.address).call())
+            if bytes(h) not in (ZERO32, CLOSED) and i not in known]
+    if not busy:
+        return
+    head = chain.w3.eth.block_number
+    start = max(chain.deployment.start_block or chain.deployment.block, head - ORPHAN_SCAN)
+    opened = chain.market.events.JobOpened().get_logs(from_block=start, to_block=head,
+                                                      argument_filters={"consumer": account.address})
+    for log in sorted(opened, key=lambda lg: lg["blockNumber"], reverse=True):
+        slot = int(log["args"]["slot"])
+        if slot not in busy:
+            continue
+        busy.remove(slot)
+        state = job_state(chain, bytes(log["args"]["jobId"]), log["blockNumber"])
+        if state is not None and not state.closed:
+            journal.save(PendingJob(state.job_id, state.job))
+            say(f"job 0x{state.job_id.hex()[:12]}… was open on-chain but not in the journal (a crash?): adopted")
+    if busy:
+        say(f"slot(s) {busy} hold jobs opened more than {ORPHAN_SCAN} blocks ago that the journal does not know")
 
 
 def _advance(chain: Chain, account: LocalAccount, journal: Journal, pj: PendingJob,

@@ -161,11 +161,9 @@ class Deployment:
 
     def save(self, path: Path | None = None) -> Path:
         """Record it where every command looks (the user directory), or at `path`."""
-        path = path or self.default_path()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)  # atomic: a crash never leaves half a deployment record
-        return path
+        from mesh.files import write_atomic
+
+        return write_atomic(path or self.default_path(), self.to_json() + "\n")  # never half a record
 
     @classmethod
     def load(cls, path: Path | None = None) -> Deployment:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, exclusive: bool = False) -> Path:
+    """`exclusive`: never replace an existing file (FileExistsError): the finished temporary file is
+    linked in place, so the target appears complete or not at all (a keystore)."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -25,7 +27,11 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)  # umask may have narrowed the creation mode
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,6 +19,7 @@ from eth_utils import to_checksum_address
 from mesh import config
 from mesh.anvil import DEV_ACCOUNT_COUNT, DEV_MNEMONIC
 from mesh.errors import KeystoreError
+from mesh.files import write_atomic
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -53,9 +54,12 @@ def save_keystore(account: LocalAccount, password: str) -> Path:
     path = _path_for(account.address)
     if path.exists():
         raise KeystoreError(f"a keystore for {account.address} already exists", f"it is at {path}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(encrypted, fh)
+    try:
+        # Complete and on disk, or absent: a crash mid-write never leaves a truncated keystore that
+        # would then block the import again.
+        write_atomic(path, json.dumps(encrypted), mode=0o600, exclusive=True)
+    except FileExistsError:
+        raise KeystoreError(f"a keystore for {account.address} already exists", f"it is at {path}") from None
     return path
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 
 from mesh.errors import ModelFileError
+from mesh.files import write_atomic
 from mesh.protocol import Manifest
 _CHUNK = 1 << 20
 
@@ -117,9 +118,7 @@ def _disk_cache_put(key: tuple[str, int, int], info: ModelInfo) -> None:
         except (OSError, ValueError):
             data = {}
         data[f"{key[0]}|{key[1]}|{key[2]}"] = dataclasses.asdict(info)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)  # atomic, so concurrent nodes never read half a file
+        write_atomic(path, json.dumps(data))  # concurrent nodes never read half a file
     except OSError:
         pass  # read-only home: run uncached
 
