@@ -1265,11 +1265,18 @@ def _ledger(m, work: Path, name: str, local: LocalAccount):
     return led
 
 
-def _honest_history(m, consumer: LocalAccount, jobs: int = 8) -> None:
-    """The honest node's own jobs on the open market: its providers become proven."""
-    for _ in range(jobs):
+def _honest_history(m, consumer: LocalAccount, each: int = 5) -> None:
+    """The honest node's own agreed jobs on the open market, until every provider of it sat in
+    `each` of them: they become proven (agreed >= 3, still a week later: 5 x 2^(-7/14) = 3.5)."""
+    seated = defaultdict(int)
+    for _ in range(10 * each):
         job = open_job(m, consumer)
         m.mc.settle(consumer, job, [sign(m, job, HONEST, acct_of(s)) for s in seats_of(job)])
+        for s in seats_of(job):
+            seated[s] += 1
+        if min(seated[p.address] for p in m.providers) >= each:
+            return
+    raise AssertionError(f"scenario: the honest history seated some provider fewer than {each} times: {seated}")
 
 
 def a7_laundering(m, work: Path, tokens: int = 0) -> Measured:
@@ -1381,7 +1388,8 @@ def a11_smear(m, work: Path, keeper_up: bool = True) -> Measured:
             victim_loss=unpaid, victim_gas=gas.of(victim),
             facts={**tries, "victim_outcome": outcome, "missing_evidence": missing_evidence,
                    "score_before": round(score0.score, 6), "score_after": round(score1.score, 6),
-                   "proven_after": score1.proven, "victim_unpaid": unpaid, "assumption": not keeper_up})
+                   "proven_before": score0.proven, "proven_after": score1.proven, "victim_unpaid": unpaid,
+                   "assumption": not keeper_up})
 
 
 # ############################################################################# A8, A9 — the consumer library

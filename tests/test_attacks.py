@@ -268,6 +268,7 @@ def test_a11_reputation_smear_a_delivered_answer_is_recorded_as_missing(market, 
     assert f["before_claim_end"] == "MissingResult", "a delivered answer was left out early: " + r.say()
     assert f["at_claim_end"] == "AlreadyCommitted", "a committed answer was left out: " + r.say()
     assert f["victim_outcome"] == "agreed" and f["victim_unpaid"] == 0, r.say()
+    assert f["proven_before"], "test harness: the victim is not proven by the honest node's history: " + r.say()
     assert f["missing_evidence"] == 0 and f["score_after"] >= f["score_before"] and f["proven_after"], r.say()
 
 
@@ -284,6 +285,7 @@ def test_a11_a_victim_whose_keeper_is_down_is_left_out_but_not_smeared(market, t
     assert f["before_claim_end"] == "MissingResult" and f["at_claim_end"] is None, r.say()
     assert f["victim_outcome"] == "missing", "test harness: " + r.say()
     assert f["missing_evidence"] == 0, "the consumer's word counted against the victim: " + r.say()
+    assert f["proven_before"], "test harness: the victim is not proven by the honest node's history: " + r.say()
     assert f["score_after"] >= f["score_before"] and f["proven_after"], r.say()
     assert f["victim_unpaid"] == HONEST_PAY, "the documented liveness residual changed: " + r.say()
 

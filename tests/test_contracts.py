@@ -327,26 +327,42 @@ def jury_seed(m, job: Job, dispute_block: int, draw_block: int) -> bytes:
     return keccak(abi_encode(["bytes32", "string"], [inner, "jury"]))
 
 
-#: A contract that forwards its calldata to TARGET and returns (or reverts with) what TARGET does:
-#: CALLDATASIZE PUSH0 PUSH0 CALLDATACOPY; CALL(GAS, TARGET, 0, 0, CALLDATASIZE, 0, 0);
-#: RETURNDATACOPY(0, 0, RETURNDATASIZE); JUMPI ok; REVERT(0, RETURNDATASIZE); ok: RETURN(0, RETURNDATASIZE).
-def forwarder_code(target: str) -> bytes:
-    runtime = (bytes.fromhex("365f5f37" "5f5f365f5f73") + bytes.fromhex(target[2:]) + bytes.fromhex("5af1"
-               "3d5f5f3e" "602a57" "3d5ffd" "5b3d5ff3"))
-    assert runtime[0x2A] == 0x5B, "the JUMPDEST moved"
-    # init code: CODECOPY(0, 12, len) RETURN(0, len)
-    init = bytes([0x60, len(runtime), 0x60, 0x0C, 0x5F, 0x39, 0x60, len(runtime), 0x5F, 0xF3])
-    return init + b"\x00" * (12 - len(init)) + runtime
+#: A contract that calls the address in the first 20 bytes of its calldata with the rest, and returns (or
+#: reverts with) what that call did: a smart-contract account of the simplest kind.
+#:   PUSH1 20 CALLDATASIZE SUB; DUP1 PUSH1 20 PUSH0 CALLDATACOPY; CALL(GAS, calldata[0:20], 0, 0, size, 0, 0);
+#:   RETURNDATACOPY(0, 0, RETURNDATASIZE); JUMPI ok; REVERT(0, RETURNDATASIZE); ok: RETURN(0, RETURNDATASIZE)
+PROXY_RUNTIME = bytes.fromhex("60143603" "80601 45f37".replace(" ", "") + "5f5f825f5f" "5f3560601c" "5af1"
+                              "3d5f5f3e" "601f57" "3d5ffd" "5b3d5ff3")
 
 
-def deploy_forwarder(m, target: str) -> str:
+def deploy_proxy(m) -> str:
+    assert PROXY_RUNTIME[0x1F] == 0x5B, "the JUMPDEST moved"
+    n = len(PROXY_RUNTIME)
+    init = bytes([0x60, n, 0x60, 0x0C, 0x5F, 0x39, 0x60, n, 0x5F, 0xF3, 0x00, 0x00])  # CODECOPY, RETURN
     w3 = m.chain.w3
-    tx = {"data": forwarder_code(target), "gas": 200_000, "gasPrice": w3.eth.gas_price, "chainId": m.chain.chain_id,
+    tx = {"data": init + PROXY_RUNTIME, "gas": 200_000, "gasPrice": w3.eth.gas_price, "chainId": m.chain.chain_id,
           "nonce": w3.eth.get_transaction_count(m.outsider.address, "pending")}
-    h = w3.eth.send_raw_transaction(m.outsider.sign_transaction(tx).raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(h)
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(
+        m.outsider.sign_transaction(tx).raw_transaction))
     assert receipt["status"] == 1
     return receipt["contractAddress"]
+
+
+def through(m, proxy: str, contract, fn: str, args: list) -> str | None:
+    """Have the proxy contract call `contract.fn(*args)`: the custom error's name if it reverts."""
+    data = bytes.fromhex(contract.address[2:]) + bytes.fromhex(contract.encode_abi(fn, args)[2:])
+    w3 = m.chain.w3
+    call = {"from": m.outsider.address, "to": proxy, "data": "0x" + data.hex()}
+    reply = w3.provider.make_request("eth_call", [call, "pending"])
+    if "error" in reply:
+        return m.chain.decoder.decode(reply["error"].get("data")).name
+    tx = {**call, "gas": 2_000_000, "gasPrice": w3.eth.gas_price, "chainId": m.chain.chain_id,
+          "nonce": w3.eth.get_transaction_count(m.outsider.address, "pending"), "data": data}
+    del tx["from"]
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(
+        m.outsider.sign_transaction(tx).raw_transaction))
+    assert receipt["status"] == 1
+    return None
 
 
 # ============================================================================= the court
@@ -760,19 +776,26 @@ def test_the_consumer_never_chooses(market):
 
 def test_only_an_externally_owned_account_draws(court):
     """A contract could draw, look at the seats and revert (a conditional draw, many tries a block):
-    drawSeats and drawJury refuse any caller that is not the transaction's origin."""
+    drawSeats, addSeat and drawJury refuse any caller that is not the transaction's origin. (So a
+    consumer that is a contract opens, settles and disputes, but cannot add a seat.)"""
     m, w = court
-    forwarder = deploy_forwarder(m, m.chain.market.address)
+    proxy = deploy_proxy(m)
+    market, registry, token = m.chain.market, m.chain.registry, m.chain.token
     _, job, _ = m.mc.open_job(m.consumer, MODEL, keccak(REQUEST), 100, PRICE)
-    fwd = m.chain.w3.eth.contract(address=forwarder, abi=m.chain.market.abi)
-    with reverts("DrawByContract"):
-        m.chain.transact(m.outsider, fwd.functions.drawSeats(job.as_abi()))
+    assert through(m, proxy, market, "drawSeats", [job.as_abi()]) == "DrawByContract"
     m.mc.draw_seats(m.outsider, job)
+    # A contract consumer: it opens a job (an EOA draws it), and cannot add a seat.
+    m.chain.transact(m.deployer, token.functions.mint(proxy, 10**9))
+    assert through(m, proxy, token, "approve", [registry.address, 10**9]) is None
+    assert through(m, proxy, market, "openJob", [0, MODEL, ZERO32, keccak(REQUEST), 100, PRICE]) is None
+    opened = market.events.JobOpened().get_logs(from_block=m.chain.w3.eth.block_number)[0]
+    contract_job, _ = m.mc.draw_seats(m.outsider, Job.from_event(opened["args"], opened["blockNumber"]))
+    assert contract_job.consumer == proxy
+    assert through(m, proxy, market, "addSeat", [contract_job.as_abi()]) == "DrawByContract"
     job2, c = contested(m, [A, A, B])
     dispute(m, job2, c, m.consumer)
     convene(m, w)
-    with reverts("DrawByContract"):
-        m.chain.transact(m.outsider, fwd.functions.drawJury(job2.as_abi(), c.as_abi()))
+    assert through(m, proxy, market, "drawJury", [job2.as_abi(), c.as_abi()]) == "DrawByContract"
     assert len(draw_jury(m, job2, c)) == 3
 
 
@@ -900,7 +923,11 @@ def test_a_failed_draw_may_be_retried_in_a_later_block(market):
         m.mc.register(p, MODEL, keccak(b"m"), PRICE, group=MESH_GROUP)
         m.mc.request_unstake(p, STAKE - 5 * MESH)
     light = members(m, pool_of(m, group=MESH_GROUP))
-    bal = m.chain.balance(m.consumer.address)
+
+    def funds() -> int:  # wallet and credit: a draw takes its escrow from credit first
+        return m.chain.balance(m.consumer.address) + m.mc.credit(m.consumer.address)
+
+    bal = funds()
     for _ in range(12):
         _, job, _ = m.mc.open_job(m.consumer, MODEL, keccak(REQUEST), 100, PRICE, group=MESH_GROUP)
         failures, drawn = [], None
@@ -914,7 +941,7 @@ def test_a_failed_draw_may_be_retried_in_a_later_block(market):
             found = mirror_draw(light, seed, 3, exclude=[m.consumer.address], for_seat=True, price_cap=PRICE,
                                 max_tokens=100)
             assert err.name == "NotEnoughProviders" and err.error_args == (len(found), 3) and len(found) < 3
-            assert m.chain.balance(m.consumer.address) == bal and m.mc.is_open(job) and vault_gap(m) == 0
+            assert funds() == bal and m.mc.is_open(job) and vault_gap(m) == 0
             failures.append(seed)
         if failures and drawn is not None:
             break
@@ -922,13 +949,13 @@ def test_a_failed_draw_may_be_retried_in_a_later_block(market):
             m.mc.expire(m.outsider, job)
         else:
             m.mc.settle(m.consumer, drawn, claims(m, drawn, [A, A, A]))
-            bal = m.chain.balance(m.consumer.address)
+            bal = funds()
     else:
         raise AssertionError("test set-up: no request failed a draw and then drew in its window")
     assert drawn.seed not in failures and len(set(failures)) == len(failures)
     assert seats_of(drawn) == mirror_draw(light, drawn.seed, 3, exclude=[m.consumer.address], for_seat=True,
                                           price_cap=PRICE, max_tokens=100)
-    assert m.chain.balance(m.consumer.address) == bal - drawn.held
+    assert funds() == bal - drawn.held
 
 
 def test_zero_free_stake_is_never_drawn(market):
@@ -1089,16 +1116,20 @@ def test_add_seat_draws_one_more_and_escrows_one_share(market):
 
 
 def test_added_seats_follow_the_seed(market):
+    """Seat n is drawn like the first three, with keccak256(abi.encode(seed, n, prevrandao)) of the
+    block that adds it (the job's seed alone is known from the draw on: the pool could be arranged
+    for it)."""
     m = market
     extra = [add_provider(m, f"fifth {i}") for i in range(3)]
     job = open_job(m, max_tokens=100)
     pool = pool_of(m)
     for n in (3, 4):
         now = members(m, pool)
-        expected = mirror_draw(now, keccak(abi_encode(["bytes32", "uint256"], [job.seed, n])), 1,
-                               exclude=[*seats_of(job), m.consumer.address], for_seat=True, price_cap=PRICE,
-                               max_tokens=100)
-        job, index, _ = m.mc.add_seat(m.consumer, job)
+        job, index, receipt = m.mc.add_seat(m.consumer, job)
+        mix = int.from_bytes(prevrandao(m, receipt["blockNumber"]), "big")
+        seed = keccak(abi_encode(["bytes32", "uint256", "uint256"], [job.seed, n, mix]))
+        expected = mirror_draw(now, seed, 1, exclude=[*seats_of(job)[:n], m.consumer.address], for_seat=True,
+                               price_cap=PRICE, max_tokens=100)
         assert index == n and [job.seats[n]] == expected
     assert len(set(seats_of(job))) == 5 and vault_gap(m, *extra) == 6000
 
