@@ -206,7 +206,7 @@ class Soak:
         return hammer
 
     def query(self, asker: Asker, net: MeshNet, seed: int) -> bool:
-        opts = AskOptions(max_tokens=self.args.max_tokens, max_price=20, seed=seed)
+        opts = AskOptions(max_tokens=self.args.max_tokens, max_price=20, seed=seed, min_pool=0)  # one provider's soak
         try:
             r = asker.ask(QUESTION, net.model_hash, discover(net.chain, net.model_hash), opts)
             if r.outcome == "agreed" and r.settled and len(r.slots) == 3 and r.text:

@@ -49,13 +49,16 @@ def _model_hash(model: str) -> bytes:
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0.001, 1), default=1.0, show_default=True)
 @click.option("--stop", multiple=True, metavar="TEXT", help=f"End the answer before TEXT (up to {MAX_STOPS}).")
+@click.option("--min-pool", type=click.IntRange(0, 1000), default=6, show_default=True,
+              help="Refuse a pool with fewer providers able to sit on a jury (two colluding seats could not be "
+                   "judged); 0 if you trust every provider of a small pool.")
 @click.option("--dispute/--no-dispute", default=False, show_default=True,
               help="If the seats disagree, ask a jury to judge them (costs a jury fee; see docs/PROTOCOL.md).")
 @click.option("--yes", is_flag=True, help="Approve the token allowance without asking, if one is needed.")
 @account_option
 @rpc_option
 @json_option
-def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, top_p, stop, dispute, yes,
+def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, top_p, stop, min_pool, dispute, yes,
         account_name, rpc, as_json) -> None:
     """Ask the mesh: three providers drawn by the protocol answer; agreeing work is paid."""
     from consumer.ask import AskOptions, Asker, discover, settle_pending
@@ -81,7 +84,7 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
     model_hash = _model_hash(model)
     opts = AskOptions(max_tokens=max_tokens, max_price=max_price, temperature_milli=round(temperature * 1000),
                       top_p_milli=round(top_p * 1000), seed=seed, stop=tuple(stop), group=group_id(group),
-                      dispute=dispute)
+                      dispute=dispute, min_pool=min_pool)
     offers = discover(chain, model_hash, opts.group)
     selector = Selector.open(chain, on_warning=say, consumer=acct.address)
     asker = Asker(chain, acct, observe=selector.observe, on_event=say)

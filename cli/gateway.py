@@ -52,7 +52,7 @@ def _api_key(key_file: str | None) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback needs an API key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--max-price", type=click.IntRange(1, 2**48 - 1), default=100, show_default=True,
+@click.option("--max-price", type=click.IntRange(1, 2**40 - 1), default=100, show_default=True,
               envvar="MESH_GATEWAY_MAX_PRICE", help="Most a request pays a seat per output token (base units).")
 @click.option("--request-cap", default=None, callback=_amount_option, envvar="MESH_GATEWAY_REQUEST_CAP",
               metavar="AMOUNT", help="Refuse requests that could cost more (e.g. 0.5 MESH or 500000u).")
@@ -63,6 +63,8 @@ def _api_key(key_file: str | None) -> str | None:
 @click.option("--group", default=None, metavar="NAME", help="Serve a private mesh instead of the open market.")
 @click.option("--stream", "stream_mode", type=click.Choice(["agreed", "first"]), default="agreed", show_default=True,
               help="Stream text once two seats agree on it, or the first seat's at once.")
+@click.option("--min-pool", type=click.IntRange(0, 1000), default=6, show_default=True,
+              help="Refuse pools with fewer providers able to sit on a jury (see `mesh ask --help`).")
 @click.option("--dispute/--no-dispute", default=False, show_default=True,
               help="Dispute contested jobs by default (requests may ask with meshmarket.dispute).")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -71,7 +73,7 @@ def _api_key(key_file: str | None) -> str | None:
 @click.option("--account", "account_name", default=None, metavar="ADDRESS|dev:N",
               help="The paying account (default: $MESH_ACCOUNT); its password is asked once, or $MESH_PASSWORD.")
 @click.option("--rpc", "rpc", default=None, metavar="URL", help="JSON-RPC URL of the chain.")
-def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, group, stream_mode, dispute,
+def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, group, stream_mode, min_pool, dispute,
           api_key_file, yes, account_name, rpc) -> None:
     """Serve the market as an OpenAI-compatible API (/v1) and a live explorer page (/)."""
     import logging
@@ -85,7 +87,7 @@ def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, gro
                            api_key=_api_key(api_key_file), limits=Limits(default_max_tokens=default_max_tokens),
                            dispute=dispute)
     check_bind(host, config.api_key)
-    settings = MarketSettings(group=group_id(group), stream_mode=stream_mode)
+    settings = MarketSettings(group=group_id(group), stream_mode=stream_mode, min_pool=min_pool)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("meshmarket.gateway").setLevel(logging.INFO)
     chain, acct, selector = _open(account_name, rpc, config, yes)

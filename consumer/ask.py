@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 import trio
 from eth_account.signers.local import LocalAccount
 
-from consumer.discovery import Offer, discover, eligible
+from consumer.discovery import Offer, check_jury, discover, eligible
 from consumer.journal import Journal
 from consumer.query import AskOptions, Query
 from consumer.receipt import Receipt
 from consumer.settlement import settle_pending
 from mesh.chain import Chain
 from mesh.errors import sole_error
+from mesh.market import ZERO32
 from mesh.market import MarketClient
 from mesh.p2p import Node
 from mesh.protocol import Sampling
@@ -78,6 +79,10 @@ class Asker:
         node for all its requests). Eligibility is checked first, so a query that cannot be drawn
         costs nothing; the chain's calls run in worker threads."""
         eligible(self.chain, offers, self.account.address, opts.max_tokens, opts.max_price)
+        fallback: Sequence[Offer] = ()
+        if opts.min_pool and opts.group != ZERO32:  # a mesh's jury falls back on the open market
+            fallback = await trio.to_thread.run_sync(discover, self.chain, model_hash, ZERO32)
+        check_jury(self.chain, offers, self.account.address, opts.min_pool, fallback)
         query = Query(self, sampling, model_hash, opts, {o.address: o for o in offers}, on_token)
         await query.open_and_draw(node)
         await query.fan_out(node)

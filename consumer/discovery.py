@@ -77,3 +77,23 @@ def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: i
         raise QueryError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
                          "ask for fewer --max-tokens, or retry later")
     return staked
+
+
+def check_jury(chain: Chain, offers: Sequence[Offer], consumer: str, min_pool: int,
+               fallback: Sequence[Offer] = ()) -> None:
+    """Refuse a pool that could not seat a jury besides a job's three seats: there, two colluding
+    seats outvote the third and no dispute can judge them (attack A21, docs/THREAT_MODEL.md). A
+    provider counts if a draw would find it (free stake of at least a quarter of the weight cap);
+    for a private mesh, whose jury falls back on the model's open market, `fallback` are the open
+    market's offers. `min_pool` 0 turns the check off (a test market, knowingly)."""
+    if min_pool <= 0:
+        return
+    me = to_checksum_address(consumer)
+    floor = chain.deployment.params.weight_cap // 4
+    judges = {o.address for o in [*offers, *fallback] if o.address != me and o.free_stake >= floor}
+    own = {o.address for o in offers if o.address != me and o.free_stake >= floor}
+    if len(judges) < min_pool or (fallback and len(own) < 3):
+        raise QueryError(f"this pool has {len(judges)} provider(s) able to sit on a jury; with fewer than {min_pool}, two "
+                         "colluding seats could never be judged",
+                         "ask a larger pool (another --group, or the open market), or pass --min-pool 0 if you "
+                         "trust every provider of this pool")

@@ -65,6 +65,9 @@ class AskOptions:
     token_timeout: float = 10.0
     #: Seats a job may grow to when seats fail (the contract allows five).
     max_seats: int = SEATS
+    #: Refuse a pool with fewer providers able to sit on a jury (consumer.discovery.check_jury);
+    #: 0 turns the check off.
+    min_pool: int = 6
     #: Dispute a contested job whose valid results are not all paid provisionally (a jury then
     #: judges every seat; the consumer's jury reserve pays it unless nothing changes in its favour,
     #: when its bond does: docs/PROTOCOL.md, the court). Off by default: a disagreement between

@@ -75,7 +75,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "OnlyMarket": ("only the market contract may draw, lock, pay or slash", "go through the market"),
     "ZeroAmount": ("the amount is zero", "pass a positive amount"),
     "ZeroHash": ("model hash and manifest hash must be non-zero", "register with a real model file"),
-    "ZeroPrice": ("the price per token must be between 1 and 2^48 - 1 base units", "pass --price N (base units per output token)"),
+    "ZeroPrice": ("the price per token must be between 1 and 2^40 - 1 base units", "pass --price N (base units per output token)"),
     "EndpointTooLong": ("the endpoint is {length} bytes, over the 256-byte limit", "announce one multiaddr ending in /p2p/<peer id>"),
     "NotRegistered": ("provider {provider} is not registered for any model", "register it first (`mesh provider register`)"),
     "InsufficientFreeStake": ("provider {provider} has {free} free stake, {needed} is needed", "stake more, or wait for contested jobs to close"),

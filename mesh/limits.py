@@ -30,5 +30,5 @@ JOB_SLOTS = 16
 MAX_JOB_TOKENS = 2**20
 UINT64_MAX = 2**64 - 1
 
-#: The registry keeps prices in 48 bits (ProviderRegistry.Member.price).
-MAX_PRICE = 2**48 - 1
+#: The registry keeps prices in 40 bits (ProviderRegistry.Member.price): 1,099,511 MESH per token.
+MAX_PRICE = 2**40 - 1

@@ -60,7 +60,7 @@ from consumer.journal import Journal, PendingJob
 from consumer.settlement import settle_pending
 from mesh.chain import Chain
 from mesh.config import MarketParams
-from mesh.errors import ChainError, ContractReverted
+from mesh.errors import ChainError, ContractReverted, QueryError
 from mesh.keys import dev_account
 from mesh.market import (
     DRAW_WINDOW,
@@ -482,7 +482,7 @@ def members(m, group: bytes = ZERO32) -> list[tuple[str, int, int]]:
     with m.chain.w3.batch_requests() as batch:
         for i in range(size):
             batch.add(reg.poolMember(pool, i))
-        return [tuple(x) for x in batch.execute()]
+        return [tuple(x)[:3] for x in batch.execute()]  # (provider, price, free); its `touched` block aside
 
 
 def mirror_draw(pool_members, seed: bytes, count: int, exclude=(), for_seat: bool = False, price_cap: int = 0,
@@ -1452,7 +1452,8 @@ def _scripted_query(m, work: Path, roles: dict[int, str], honest: Honest):
             with trio.fail_after(120):
                 return await asker.ask_on(cnode, sampling_for(), MODEL, offers,
                                           AskOptions(max_tokens=MAX_TOKENS, max_price=PRICE, first_token_timeout=20,
-                                                     token_timeout=10), on_token=shown.append)
+                                                     token_timeout=10, min_pool=0),  # about lies, not juries
+                                          on_token=shown.append)
 
     return trio.run(main), "".join(shown), journal
 
@@ -2030,15 +2031,27 @@ def a19_dust_dispute(m, work: Path) -> Measured:
 
 # ############################################################################# A21 — a pool too small for a jury
 
-def a21_void_jury_cartel(m, work: Path) -> Measured:
-    """A21 (found): a model served by three providers, two of them a cartel. Every job seats all
-    three; the cartel signs the same bogus maxTokens answer without computing; the honest consumer
-    settles with the three results it got: contested, the cartel the provisional majority. The honest
-    seat's keeper disputes; no jury can be drawn (the pool has nobody outside the job, and a job in
-    the open market has no other pool to fall back on): the dispute is void, the provisional
-    outcome stands."""
+def a21_void_jury_cartel(m, work: Path, consumer_checks: bool = True) -> Measured:
+    """A21 (found): a model served by three providers, two of them a cartel. Every job would seat
+    all three; the cartel would sign the same bogus maxTokens answer without computing, be the
+    provisional majority, and no jury could judge it (nobody outside the job, and no other pool to
+    fall back on): a dispute is void. The defence is the consumer's: it refuses a pool that cannot
+    seat a jury besides the seats (consumer.discovery.check_jury), before any transaction.
+    `consumer_checks=False` plays a consumer that ignores the protocol's rule (what it then loses)."""
+    from consumer.discovery import check_jury, discover
+
     consumer, p0, cartel = m.consumer2, m.providers[0], m.providers[1:3]
-    m.mc.deregister(m.providers[3])
+    if m.mc.account(m.providers[3].address)["listed"]:
+        m.mc.deregister(m.providers[3])  # the model's pool: p0 and the cartel
+    formula = ("cartel gain = 2*maxTokens*price for no work, only from a consumer that ignores the pool-size rule "
+               "(PROTOCOL.md: a pool must seat a jury besides the seats); an honest consumer refuses the pool")
+    if consumer_checks:
+        try:
+            check_jury(m.chain, discover(m.chain, MODEL), consumer.address, 6)
+        except QueryError as exc:
+            return Measured("A21", "a cartel of two in a pool too small for a jury", formula,
+                            facts={"refused": str(exc), "void": None})
+        raise AssertionError("the consumer library accepted a pool of three")
     honest = Honest(m, work, [p0])
     buyer = honest.consumer(consumer)
     with GasMeter(m) as gas:
@@ -2052,9 +2065,7 @@ def a21_void_jury_cartel(m, work: Path) -> Measured:
         st = drive(m, job.job_id, honest)
         d = _delta(before, m, [*cartel, consumer, p0])
         return Measured(
-            "A21", "a cartel of two in a pool too small for a jury",
-            "cartel gain = 2*maxTokens*price for no work; needs a pool (and, for a private mesh, the model's open "
-            "market) with fewer than jurySize providers outside the job",
+            "A21-careless", "the same, with a consumer that ignores the pool-size rule", formula,
             attacker_net=sum(d[p.address] for p in cartel), attacker_gas=gas.of(*cartel),
             victim_loss=max(0, HONEST_PAY - d[p0.address]) + max(0, -d[consumer.address] - HONEST_PAY),
             victim_gas=gas.of(p0, consumer),
@@ -2094,5 +2105,6 @@ SCENARIOS: list[tuple[str, Callable[..., Measured], dict]] = [
     ("A20a", a13_steer_seats, {"trials": 4, "lookahead": True}),
     ("A20b", a14_steer_jury, {"trials": 8, "lookahead": True, "parked_stake": 50 * MESH}),
     ("A21", a21_void_jury_cartel, {}),
+    ("A21-careless", a21_void_jury_cartel, {"consumer_checks": False}),
     ("A22", a22_conditional_draw, {"requests": 20}),
 ]

