@@ -36,7 +36,7 @@ from ledger.store import Ledger
 
 REGISTRY_EVENTS = (
     "ProviderRegistered", "ProviderDeregistered", "Staked", "UnstakeRequested", "StakeWithdrawn",
-    "EarningsWithdrawn", "Slashed", "Deposited", "CreditWithdrawn",
+    "EarningsWithdrawn", "Slashed", "Deposited", "CreditWithdrawn", "ThawReclaimed",
 )
 MARKET_EVENTS = (
     "JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested", "DisputeOpened",

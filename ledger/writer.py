@@ -200,6 +200,11 @@ class BatchWriter:
         if row["thawing"] == 0:
             self.providers.set(row, thaw_ready_at=None)
 
+    def on_ThawReclaimed(self, ev: ChainEvent, a: Mapping[str, Any]) -> None:
+        # Thawing stake taken back into stake to back a contested seat's lock (then locked by the
+        # JobContested that follows in the same transaction).
+        self.bump(a["provider"], ev, stake=a["amount"], thawing=-a["amount"])
+
     def on_EarningsWithdrawn(self, ev: ChainEvent, a: Mapping[str, Any]) -> None:
         self.bump(a["provider"], ev, owed=-a["amount"], withdrawn=a["amount"])
 

@@ -95,7 +95,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "DrawByContract": ("seats and juries are drawn by an externally owned account, not a contract", "send the draw from an EOA"),
     "DisputeTooSmall": ("a dispute of this job would pay its jury {fee} base units, under the minimum {min}", "nothing to do: the provisional outcome stands for jobs this small"),
     "NotGroupAdmin": ("the sender is not the admin of private mesh {group}", "ask its admin (its first provider) to invite"),
-    "NotInvited": ("{provider} is not invited into private mesh {group}", "ask the mesh's admin to run `mesh provider invite {provider} --group NAME`"),
+    "NotInvited": ("{provider} is not invited into private mesh {group}", "ask the mesh's admin (its first provider) to run `mesh provider invite ADDRESS --group NAME`"),
     "NotConsumer": ("only the job's consumer may do this", "use the consumer's account"),
     "NotSeat": ("the sender is not the job's seat #{seat}", "use that provider's account"),
     "BadSeat": ("seat #{seat} does not exist in this job, or has no result to judge", "use a seat the job has"),

@@ -114,6 +114,9 @@ def scenario(m) -> dict:
     _, job = m.open(max_tokens=300)
     ids["open"] = job
     _, job = m.open()
+    # A seat that put all its free stake to thaw after the draw: its lock takes it back (ThawReclaimed).
+    dodger = sig.of(job.seats[1])
+    m.mc.request_unstake(dodger, m.chain.registry.functions.freeStake(dodger.address).call())
     ids["contested"] = (job, m.mc.contest_of(m.mc.settle(m.consumer, job, sig.results(job, [A, B, B]))))
     return {"ids": ids, "signers": sig, "withdrew": paid}
 
@@ -221,7 +224,10 @@ def test_ledger_mirrors_the_chain(market, ledger_url):  # noqa: F811
         # Discovery: who a job could draw now. P2 unstaked a little: still enough for any small job.
         free2 = m.chain.registry.functions.freeStake(m.providers[2].address).call()
         assert led.provider(m.providers[2].address).free_stake == free2
-        listed = {a.address for a in sig.by_address.values() if m.mc.account(a.address)["listed"]}
+        reg = m.chain.registry.functions
+        need = reg.lockFor(100, PRICE).call() * P.max_lock_share  # the dodger's stake is thawing or locked
+        listed = {a.address for a in sig.by_address.values()
+                  if m.mc.account(a.address)["listed"] and reg.freeStake(a.address).call() >= need}
         assert {c.address for c in led.candidates(MODEL, PRICE, 100)} == listed
         assert led.candidates(MODEL, PRICE - 1, 100) == [] and led.candidates(keccak(b"other"), PRICE, 1) == []
 

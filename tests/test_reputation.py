@@ -368,6 +368,9 @@ class Market:
         m = self.m
         if m.chain.token.functions.balanceOf(acct.address).call() < stake:
             m.chain.transact(m.deployer, m.chain.token.functions.mint(acct.address, FUNDS))
+        admin = m.mc.group_admin(group) if group != b"\x00" * 32 else None
+        if admin is not None and admin != acct.address:
+            m.mc.invite(self.keys[admin], group, acct.address)  # a private mesh admits whom its admin invited
         m.mc.register(acct, model, keccak(b"manifest of " + acct.address.encode()), PRICE, group=group)
         if m.mc.account(acct.address)["stake"] == 0:
             m.mc.stake(acct, stake)
