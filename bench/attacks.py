@@ -23,6 +23,9 @@ from that same state (a snapshot, reverted after each). Amounts are MESH base un
     RESULT attack_strategies=N     strategies run
     RESULT profitable_attacks=N    strategies with profit > 0 (each named on a RESULT line below)
     RESULT honest_slashed=N        strategies in which honest stake was burned
+    RESULT profitable_outside_assumptions=N   profitable only when a victim breaks a stated
+                                   assumption (its software offline for a claim window; a consumer
+                                   ignoring the pool-size rule): what the assumption is worth
 """
 
 from __future__ import annotations
@@ -98,13 +101,21 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps([{**r.__dict__, "profit": r.profit} for r in results], indent=1,
                                               default=str))
-    profitable = [r for r in results if r.profit > 0]
+    # A strategy that works only when a victim breaks a stated assumption (an honest provider's
+    # software offline for a whole claim window; a consumer ignoring PROTOCOL.md's pool-size rule)
+    # is reported apart: it measures what the assumption is worth, not a hole in the protocol.
+    outside = [r for r in results if r.profit > 0 and r.facts.get("assumption")]
+    profitable = [r for r in results if r.profit > 0 and not r.facts.get("assumption")]
     slashed = [r for r in results if r.honest_burned > 0]
     print(f"RESULT attack_strategies={len(results)}")
     print(f"RESULT profitable_attacks={len(profitable)}")
     print(f"RESULT honest_slashed={len(slashed)}")
+    print(f"RESULT profitable_outside_assumptions={len(outside)}")
     for r in profitable:
         print(f"RESULT profitable {r.key}: profit {r.profit} base units ({r.title})")
+    for r in outside:
+        print(f"RESULT outside_assumptions {r.key}: profit {r.profit} base units ({r.title}; the victim breaks "
+              "a stated assumption)")
     for r in slashed:
         print(f"RESULT honest_slashed {r.key}: {r.honest_burned} base units burned ({r.title})")
 

@@ -2071,7 +2071,8 @@ def a21_void_jury_cartel(m, work: Path, consumer_checks: bool = True) -> Measure
             victim_gas=gas.of(p0, consumer),
             facts={"void": st.void, "disputer": st.disputer, "outcome": st.settled["outcome"],
                    "paid": list(st.settled["paid"])[:3], "cartel_gain": [d[p.address] for p in cartel],
-                   "honest_paid": d[p0.address], "consumer_cost": -d[consumer.address]})
+                   "honest_paid": d[p0.address], "consumer_cost": -d[consumer.address],
+                   "assumption": "the consumer ignores PROTOCOL.md's rule: a pool must be able to seat a jury"})
 
 
 #: Every strategy the bench runs, in table order: (key, scenario, keyword arguments).
