@@ -23,7 +23,7 @@ from mesh.protocol import Sampling
 from provider import engine as engine_module
 from provider.engine import GenerationResult, LlamaCppEngine, default_model_path
 from provider.judge import LazyJudge, ScorerJudge, spell
-from provider.scorer import Rule, Scorer, decide, mt19937_uniforms, replay_row, replay_slack
+from provider.scorer import FinishReason, Rule, Scorer, decide, mt19937_uniforms, replay_row, replay_slack
 
 QUESTION = "What is 12 times 7?"
 GREEDY = Sampling(messages=[("user", QUESTION)], max_tokens=48)
@@ -147,15 +147,16 @@ def judge(scorer) -> ScorerJudge:
     return ScorerJudge(scorer)
 
 
-def level(scorer: Scorer, sampling: Sampling, tokens: list[int], finish: str, **kw: object) -> str:
-    v = scorer.score(scorer.prompt_tokens(sampling), tokens, temperature=sampling.temperature,
-                     top_p=sampling.top_p, seed=sampling.seed, finish_reason=finish,  # type: ignore[arg-type]
-                     max_tokens=kw.pop("max_tokens", sampling.max_tokens), **kw)  # type: ignore[arg-type]
-    return v.level
+def level(scorer: Scorer, sampling: Sampling, tokens: list[int], finish: FinishReason, *,
+          max_tokens: int | None = None, completion_tokens: int | None = None) -> str:
+    """The scorer's verdict on `tokens` claimed for `sampling` with this finish."""
+    return scorer.score(scorer.prompt_tokens(sampling), tokens, temperature=sampling.temperature,
+                        top_p=sampling.top_p, seed=sampling.seed, finish_reason=finish,
+                        max_tokens=max_tokens or sampling.max_tokens, completion_tokens=completion_tokens).level
 
 
-def finish_of(claim: Claim) -> str:
-    return claim.result.finish_reason
+def finish_of(claim: Claim) -> FinishReason:
+    return "length" if claim.result.finish_reason == "length" else "stop"
 
 
 # ------------------------------------------------------------------------------ honest outputs
