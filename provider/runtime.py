@@ -222,7 +222,8 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     state = config.home() / f"provider-{account.address}"
     state.mkdir(exist_ok=True)
     keeper = ClaimKeeper(chain, account, on_event=on_claim, path=state / "claims.json")
-    court = CourtKeeper(chain, account, judge or LazyJudge(settings.model_path), on_event=on_claim,
+    court = CourtKeeper(chain, account, judge or LazyJudge(settings.model_path, n_gpu_layers=settings.gpu_layers),
+                        on_event=on_claim,
                         path=state / "court.json")
     service = ProviderService(account, engine, JobGate(chain, account.address, model_hash), manifest,
                               served=ServedJobs(state / "served.log"), on_job=on_job, claims=keeper)
