@@ -78,6 +78,7 @@ class Asker:
         """One paid query on a running node, inside the caller's trio loop (a gateway keeps one
         node for all its requests). Eligibility is checked first, so a query that cannot be drawn
         costs nothing; the chain's calls run in worker threads."""
+        offers = [o for o in offers if o.group == opts.group]  # the draw seats only the job's own pool
         eligible(self.chain, offers, self.account.address, opts.max_tokens, opts.max_price)
         fallback: Sequence[Offer] = ()
         if opts.min_pool and opts.group != ZERO32:  # a mesh's jury falls back on the open market

@@ -414,8 +414,12 @@ class Query:
             t = time.perf_counter()
             request = canonical_json(self.sampling.request(self.model_hash))
             r = a.mc.dispute(a.account, self.job, contest, request)
-            self.timings["dispute"] = (time.perf_counter() - t) * 1000
             self.gas["dispute"] = r["gasUsed"]
+            # The jury must be drawn within DRAW_WINDOW blocks: the disputer draws it at once
+            # (from the pending block), the seats' keepers draw it too if this process dies here.
+            _, r = a.mc.draw_jury(a.account, self.job, contest)
+            self.gas["draw_jury"] = r["gasUsed"]
+            self.timings["dispute"] = (time.perf_counter() - t) * 1000
             a.on_event(f"the seats disagree: disputed (bond {format_amount(self.job.jury_fee)}); a jury drawn from the "
                        "pool judges every seat; `mesh settle` closes the job after the court's phases "
                        f"({3 * params.court_phase} s)")

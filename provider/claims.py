@@ -191,6 +191,11 @@ class ClaimKeeper:
                 c.disputed = True
                 self._update()
                 self.on_event(f"{short}: contested and not paid provisionally; disputed (bond {job.jury_fee})")
+                # The jury can be drawn from the next block, and must be within DRAW_WINDOW blocks:
+                # draw it now (the draw runs in the pending block), not after this tick's other
+                # claims have each mined a block of their own.
+                self.mc.draw_jury(self.account, job, contest)
+                self.on_event(f"{short}: jury drawn")
             return
         if not st.jurors and not st.void:
             block = self.chain.w3.eth.block_number

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
+from consumer.discovery import check_jury
 from consumer.journal import Journal
 from mesh.errors import QueryError
 from mesh.keys import dev_account
@@ -186,6 +187,12 @@ def test_a_pool_too_small_to_seat_a_jury_is_refused_before_any_transaction(meshn
     assert net.chain.w3.eth.get_transaction_count(c.address) == 1  # its allowance only: no job opened
     r = _cli(net, tmp_path / "cli", "ask", "hi", "--account", "dev:6", "--max-tokens", "4")
     assert r.returncode == 1 and "--min-pool 0" in r.stderr and "Traceback" not in r.stderr
+    # The court mesh's three, with the open market's three to fall back on for its jury: enough.
+    court, open_market = (discover(net.chain, net.model_hash, g) for g in (COURT_GROUP, b"\0" * 32))
+    assert len(court) == 3 and len(open_market) == 4  # (the spare has no stake: it does not count)
+    check_jury(net.chain, court, c.address, 6, open_market)
+    with pytest.raises(QueryError, match="3 provider\\(s\\) able"):
+        check_jury(net.chain, open_market, c.address, 6)
 
 
 def test_too_few_or_too_dear_providers_is_a_clear_error_before_any_transaction(meshnet):
@@ -202,6 +209,7 @@ def test_too_few_or_too_dear_providers_is_a_clear_error_before_any_transaction(m
 
 
 def _cli(net, home, *args, timeout=180):
+    home.mkdir(parents=True, exist_ok=True)
     net.deployment.save(home / "deployment.json")
     env = {**net.env(home), "MESH_PASSWORD": "pw"}
     return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,

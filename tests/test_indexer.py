@@ -23,7 +23,7 @@ from ledger.indexer import MARKET_EVENTS, REGISTRY_EVENTS, EventDecoder, Indexer
 from ledger.outcomes import OPEN_MARKET
 from ledger.records import checksum
 from mesh.anvil import start_anvil
-from contracts.deploy import deploy
+from contracts.deploy import deploy, get_create_address
 from mesh.chain import Chain, connect
 from mesh.config import MarketParams
 from mesh.errors import LedgerError
@@ -115,7 +115,8 @@ def scenario(m) -> dict:
     ids["open"] = job
     _, job = m.open()
     # A seat that put all its free stake to thaw after the draw: its lock takes it back (ThawReclaimed).
-    dodger = sig.of(job.seats[1])
+    # Seat 1 or 2 (both sign B), never providers[2]: the CLI test reads its thaw of 12345 back.
+    dodger = sig.of(next(s for s in job.seats[1:3] if checksum(s) != m.providers[2].address))
     m.mc.request_unstake(dodger, m.chain.registry.functions.freeStake(dodger.address).call())
     ids["contested"] = (job, m.mc.contest_of(m.mc.settle(m.consumer, job, sig.results(job, [A, B, B]))))
     return {"ids": ids, "signers": sig, "withdrew": paid}
@@ -340,6 +341,9 @@ def test_a_restarted_chain_is_refused_then_reset(market, tmp_path):
         led.record_observation(m.providers[0].address, "timeout")
         with start_anvil() as node:  # same deployer and nonces: the same contract addresses
             w3 = connect(node.url)
+            deployer = dev_account(0).address  # its nonce at the session's deployment (other fixtures may go first)
+            nonce = next(n for n in range(1000) if get_create_address(deployer, n) == m.chain.token.address)
+            assert w3.provider.make_request("anvil_setNonce", [deployer, hex(nonce)]).get("error") is None
             other = Chain(w3, deploy(w3, dev_account(0), node.url, MarketParams()))
             assert other.market.address == m.chain.market.address
             with pytest.raises(LedgerError) as err:
