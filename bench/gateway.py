@@ -143,7 +143,8 @@ def gateways(net, root: Path) -> tuple[GatewayThread, GatewayThread]:
     for mode in ("agreed", "first"):
         acct = net.new_consumer()
         net.mc.deposit(acct, 10**9)  # prepaid credit: each job then needs no token transfer
-        out.append(GatewayThread(net.chain, acct, GatewayConfig(max_price=20), MarketSettings(stream_mode=mode),
+        settings = MarketSettings(stream_mode=mode, min_pool=0)  # a three-provider devnet, knowingly
+        out.append(GatewayThread(net.chain, acct, GatewayConfig(max_price=20), settings,
                                  journal=Journal(root / f"jobs-{mode}"), spending_path=root / f"spend-{mode}.json").start())
     return out[0], out[1]
 

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio  # noqa: E402
 
 from consumer.client import fetch_manifest, run_job  # noqa: E402
-from mesh.keys import dev_account  # noqa: E402
 from mesh.p2p import Node  # noqa: E402
 from mesh.protocol import InferRequest, Sampling  # noqa: E402
 from provider.engine import default_model_path  # noqa: E402
@@ -72,16 +71,16 @@ def main() -> int:
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in (2, 3):
             net.register(i, 10)  # in the pool (not started): a job draws three seats
-        consumer = dev_account(5)
-        net.fund(5)
-        net.chain.ensure_allowance(consumer, net.deployment.registry, 10**15)
         p = net.providers[1]
         direct, mesh, cold_stream = [], [], []
+        # Each run opens two jobs that stay open (one seat of three answers), and a consumer may
+        # hold 16 open jobs: a fresh funded consumer (and node) for every 7 runs.
+        per_consumer = 7
 
-        async def run() -> None:
+        async def run(consumer, ks: range) -> None:
             async with Node.start(bytes(consumer.key)) as node:
                 await fetch_manifest(node, p.peer_id, p.addrs)  # opens the connection
-                for k in range(args.runs + 1):  # run 0 warms every path up
+                for k in ks:  # run 0 warms every path up
                     d = direct_run(llama, args.max_tokens)
 
                     def open_job(seed: int):
@@ -112,7 +111,8 @@ def main() -> int:
                         mesh.append(m)
                         cold_stream.append(cold)
 
-        trio.run(run)
+        for start in range(0, args.runs + 1, per_consumer):
+            trio.run(run, net.new_consumer(), range(start, min(start + per_consumer, args.runs + 1)))
         import os
         if os.environ.get("MESH_BENCH_DEBUG"):
             print("\n".join(net.providers[1].lines))
