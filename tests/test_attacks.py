@@ -517,3 +517,30 @@ def test_a21_a_cartel_of_two_in_a_pool_too_small_for_a_jury_is_paid_for_a_bogus_
     assert "able to sit on a jury" in r.facts["refused"] and r.profit == 0 and r.victim_loss == 0, r.say()
     careless = sc.a21_void_jury_cartel(market, tmp_path / "careless", consumer_checks=False)
     assert careless.facts["void"] and careless.profit > 0, "the careless variant no longer shows the hole: " + careless.say()
+
+
+# ############################################################################# found by the crash test
+
+def test_a_lone_seats_keeper_draws_the_jury_with_its_dispute(market, tmp_path):
+    """Found by tests/test_crash.py: a seat left alone with its result (the others never answered)
+    is contested and not paid provisionally, so its keeper disputes. The keeper drew the jury only
+    on its next pass; a keeper holding many claims mines a block for each of them in a pass, and a
+    jury must be drawn within DRAW_WINDOW (8) blocks of the dispute: the dispute went void and the
+    honest result unpaid.
+
+    PROPERTY: the pass that disputes also draws the jury; the lone honest seat is judged and paid.
+    """
+    m = market
+    honest = sc.Honest(m, tmp_path, [*m.providers, *sc.honest_providers(m, "lone", 3)])
+    job = sc.open_job(m)
+    lone = honest.seat(job.seats[0])
+    claim = lone.serve(job, sc.HONEST)
+    sc.mine_at(m, sc.claim_end(job))  # the other seats never answered nor committed: left out
+    contest = m.mc.contest_of(m.mc.settle(m.consumer, job, [claim, None, None]))
+    assert contest is not None and contest.present == 1 and contest.provisional == 0
+    lone.claims.tick()  # one pass of its keeper
+    st = sc.job_state(m.chain, job.job_id)
+    assert st.disputer == lone.acct.address, honest.log
+    assert len(st.jurors) == 3 and not st.void, f"the dispute's jury was left to a later pass: {honest.log}"
+    st = sc.drive(m, job.job_id, honest)
+    assert st.settled["outcome"] == OUTCOME_JUDGED and int(st.settled["paid"][0]) == HONEST_PAY, honest.log
