@@ -168,7 +168,7 @@ def test_a_seat_killed_mid_stream_is_answered_by_an_added_seat(meshnet, tmp_path
     p = net.deployment.params
     net.advance(p.delivery_window + p.claim_window)
     (done,) = settle_pending(net.chain, c, journal)
-    assert done["action"] == "closed" and done["outcome"] == "agreed"
+    assert done["action"] == "closed" and done["outcome"] == "agreed", (done, job_state(net.chain, r.job_id))
     assert done["paid"][killed[0]] == 0 and sum(1 for x in done["paid"] if x) == 3
     escrow = 48 * CAP * 5  # four seats and the jury reserve
     assert done["refund"] == escrow - sum(done["paid"]) and net.mc.credit(c.address) == done["refund"]
