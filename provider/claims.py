@@ -31,7 +31,7 @@ from eth_account.signers.local import LocalAccount
 from mesh.chain import Chain
 from mesh.errors import ChainError, ProtocolError
 from mesh.files import write_atomic
-from mesh.market import DRAW_WINDOW, JobState, MarketClient, commitment, job_state
+from mesh.market import DRAW_WINDOW, Contest, JobState, MarketClient, commitment, job_state
 from mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
@@ -176,6 +176,10 @@ class ClaimKeeper:
             self.mc.finalize(self.account, job)
             self.on_event(f"{short}: finalized without the consumer")
 
+    def _draw_jury(self, job: Job, contest: Contest, short: str) -> None:
+        self.mc.draw_jury(self.account, job, contest)
+        self.on_event(f"{short}: jury drawn")
+
     def _court(self, c: Claim, st: JobState, now: int, short: str) -> None:
         """The job is contested: dispute a provisional loss, draw the jury, show the evidence, resolve."""
         p, job, contest = self.params, st.job, st.contest
@@ -194,8 +198,7 @@ class ClaimKeeper:
                 # The jury can be drawn from the next block, and must be within DRAW_WINDOW blocks:
                 # draw it now (the draw runs in the pending block), not after this tick's other
                 # claims have each mined a block of their own.
-                self.mc.draw_jury(self.account, job, contest)
-                self.on_event(f"{short}: jury drawn")
+                self._draw_jury(job, contest, short)
             return
         if not st.jurors and not st.void:
             block = self.chain.w3.eth.block_number
@@ -203,8 +206,7 @@ class ClaimKeeper:
                 self.mc.resolve(self.account, job, contest)
                 self.on_event(f"{short}: no jury was drawn in time; resolved on the provisional outcome")
             elif block > (st.dispute_block or 0):
-                self.mc.draw_jury(self.account, job, contest)
-                self.on_event(f"{short}: jury drawn")
+                self._draw_jury(job, contest, short)
             return
         if st.void or now >= (st.jury_at or 0) + 3 * p.court_phase:
             self.mc.resolve(self.account, job, contest)

@@ -22,7 +22,7 @@ from consumer.discovery import check_jury
 from consumer.journal import Journal
 from mesh.errors import QueryError
 from mesh.keys import dev_account
-from mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, group_id, job_state
+from mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, ZERO32, group_id, job_state
 from mesh.protocol import Sampling
 from provider.engine import build_of
 from tests.conftest import COURT, COURT_CHEATER, OPEN_POOL, SPARE
@@ -188,7 +188,7 @@ def test_a_pool_too_small_to_seat_a_jury_is_refused_before_any_transaction(meshn
     r = _cli(net, tmp_path / "cli", "ask", "hi", "--account", "dev:6", "--max-tokens", "4")
     assert r.returncode == 1 and "--min-pool 0" in r.stderr and "Traceback" not in r.stderr
     # The court mesh's three, with the open market's three to fall back on for its jury: enough.
-    court, open_market = (discover(net.chain, net.model_hash, g) for g in (COURT_GROUP, b"\0" * 32))
+    court, open_market = (discover(net.chain, net.model_hash, g) for g in (COURT_GROUP, ZERO32))
     assert len(court) == 3 and len(open_market) == 4  # (the spare has no stake: it does not count)
     check_jury(net.chain, court, c.address, 6, open_market)
     with pytest.raises(QueryError, match="3 provider\\(s\\) able"):
