@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mesh.anvil import start_anvil  # noqa: E402
+from meshmarket.mesh.anvil import start_anvil  # noqa: E402
 from tests import attack_scenarios as sc  # noqa: E402
 
 

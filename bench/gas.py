@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eth_utils import keccak  # noqa: E402
 
-from contracts.deploy import deploy  # noqa: E402
-from mesh.anvil import start_anvil  # noqa: E402
-from mesh.chain import Chain, connect  # noqa: E402
-from mesh.config import MarketParams  # noqa: E402
-from mesh.keys import dev_account  # noqa: E402
-from mesh.market import HARD, PASS, MarketClient, ResultClaim, commitment, pack_verdicts, vote_commitment  # noqa: E402
-from mesh.protocol import output_hash, pack_tokens  # noqa: E402
+from meshmarket.contracts.deploy import deploy  # noqa: E402
+from meshmarket.mesh.anvil import start_anvil  # noqa: E402
+from meshmarket.mesh.chain import Chain, connect  # noqa: E402
+from meshmarket.mesh.config import MarketParams  # noqa: E402
+from meshmarket.mesh.keys import dev_account  # noqa: E402
+from meshmarket.mesh.market import HARD, PASS, MarketClient, ResultClaim, commitment, pack_verdicts, vote_commitment  # noqa: E402
+from meshmarket.mesh.protocol import output_hash, pack_tokens  # noqa: E402
 
 TARGET = 200_000
 MODEL = keccak(b"bench-model")

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openai  # noqa: E402
 
-from cli.devnet import start_meshnet, temp_root  # noqa: E402
-from consumer.gateway.config import GatewayConfig  # noqa: E402
-from consumer.gateway import runner  # noqa: E402
-from consumer.gateway.market import MarketBackend, MarketSettings  # noqa: E402
-from consumer.gateway.thread import GatewayThread  # noqa: E402
-from consumer.journal import Journal  # noqa: E402
-from provider.engine import default_model_path  # noqa: E402
+from meshmarket.cli.devnet import start_meshnet, temp_root  # noqa: E402
+from meshmarket.consumer.gateway.config import GatewayConfig  # noqa: E402
+from meshmarket.consumer.gateway import runner  # noqa: E402
+from meshmarket.consumer.gateway.market import MarketBackend, MarketSettings  # noqa: E402
+from meshmarket.consumer.gateway.thread import GatewayThread  # noqa: E402
+from meshmarket.consumer.journal import Journal  # noqa: E402
+from meshmarket.provider.engine import default_model_path  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 MESSAGES = [{"role": "user", "content": PROMPT}]

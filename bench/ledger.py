@@ -42,15 +42,15 @@ from eth_abi import encode as abi_encode  # noqa: E402
 from eth_account import Account  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 
-from contracts.deploy import deploy  # noqa: E402
-from ledger import Reputation, open_ledger  # noqa: E402
-from ledger.indexer import EventDecoder, Indexer  # noqa: E402
-from mesh.anvil import start_anvil  # noqa: E402
-from mesh.chain import Chain, connect  # noqa: E402
-from mesh.config import MarketParams  # noqa: E402
-from mesh.keys import dev_account  # noqa: E402
-from mesh.market import CONTEST_ABI, HARD, PASS, pack_verdicts  # noqa: E402
-from mesh.protocol import JOB_ABI, output_hash, pack_tokens  # noqa: E402
+from meshmarket.contracts.deploy import deploy  # noqa: E402
+from meshmarket.ledger import Reputation, open_ledger  # noqa: E402
+from meshmarket.ledger.indexer import EventDecoder, Indexer  # noqa: E402
+from meshmarket.mesh.anvil import start_anvil  # noqa: E402
+from meshmarket.mesh.chain import Chain, connect  # noqa: E402
+from meshmarket.mesh.config import MarketParams  # noqa: E402
+from meshmarket.mesh.keys import dev_account  # noqa: E402
+from meshmarket.mesh.market import CONTEST_ABI, HARD, PASS, pack_verdicts  # noqa: E402
+from meshmarket.mesh.protocol import JOB_ABI, output_hash, pack_tokens  # noqa: E402
 
 TARGET_SELECT_MS = 200
 MODEL = keccak(b"bench-model.gguf")

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio  # noqa: E402
 
-from consumer.client import fetch_manifest, run_job  # noqa: E402
-from mesh.p2p import Node  # noqa: E402
-from mesh.protocol import InferRequest, Sampling  # noqa: E402
-from provider.engine import default_model_path  # noqa: E402
-from cli.devnet import MeshNet, temp_root  # noqa: E402
+from meshmarket.consumer.client import fetch_manifest, run_job  # noqa: E402
+from meshmarket.mesh.p2p import Node  # noqa: E402
+from meshmarket.mesh.protocol import InferRequest, Sampling  # noqa: E402
+from meshmarket.provider.engine import default_model_path  # noqa: E402
+from meshmarket.cli.devnet import MeshNet, temp_root  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 
@@ -66,7 +66,7 @@ def main() -> int:
     try:
         net.register(1, 10)
         net.start(1)
-        from provider.modelfile import file_sha256
+        from meshmarket.provider.modelfile import file_sha256
 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in (2, 3):

@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli.devnet import start_meshnet, temp_root  # noqa: E402
-from consumer.ask import AskOptions, Asker, discover  # noqa: E402
-from consumer.journal import Journal  # noqa: E402
-from mesh.keys import dev_account  # noqa: E402
-from provider.engine import N_BATCH, N_UBATCH, default_model_path  # noqa: E402
+from meshmarket.cli.devnet import start_meshnet, temp_root  # noqa: E402
+from meshmarket.consumer.ask import AskOptions, Asker, discover  # noqa: E402
+from meshmarket.consumer.journal import Journal  # noqa: E402
+from meshmarket.mesh.keys import dev_account  # noqa: E402
+from meshmarket.provider.engine import N_BATCH, N_UBATCH, default_model_path  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 MESSAGES = [{"role": "user", "content": PROMPT}]

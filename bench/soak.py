@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from cli.devnet import MeshNet, start_meshnet, temp_root  # noqa: E402
-from consumer.ask import AskOptions, Asker, discover  # noqa: E402
-from consumer.journal import Journal  # noqa: E402
-from mesh.keys import dev_account  # noqa: E402
+from meshmarket.cli.devnet import MeshNet, start_meshnet, temp_root  # noqa: E402
+from meshmarket.consumer.ask import AskOptions, Asker, discover  # noqa: E402
+from meshmarket.consumer.journal import Journal  # noqa: E402
+from meshmarket.mesh.keys import dev_account  # noqa: E402
 
 TARGET = 1  # the hammered provider: dev:1
 QUESTION = [("user", "Name three colours.")]
@@ -55,8 +55,8 @@ def worker(peer_id: str, addrs: list[str], n: int, concurrency: int) -> None:
     progress line every 25 cycles, then `done` with the error tally."""
     import trio
 
-    from consumer.client import fetch_manifest
-    from mesh.p2p import Node
+    from meshmarket.consumer.client import fetch_manifest
+    from meshmarket.mesh.p2p import Node
 
     tally = {"ok": 0, "err": 0}
     errors: Counter[str] = Counter()

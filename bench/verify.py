@@ -62,11 +62,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 
-from mesh.protocol import Sampling  # noqa: E402
-from provider import engine as engine_module  # noqa: E402
-from provider.engine import LlamaCppEngine, default_model_path  # noqa: E402
-from provider.judge import ScorerJudge  # noqa: E402
-from provider.scorer import Scorer, Verdict, scoring_copy  # noqa: E402
+from meshmarket.mesh.protocol import Sampling  # noqa: E402
+from meshmarket.provider import engine as engine_module  # noqa: E402
+from meshmarket.provider.engine import LlamaCppEngine, default_model_path  # noqa: E402
+from meshmarket.provider.judge import ScorerJudge  # noqa: E402
+from meshmarket.provider.scorer import Scorer, Verdict, scoring_copy  # noqa: E402
 
 PROMPTS: list[tuple[str, int]] = [
     ("What is the capital of France? Answer in one sentence.", 48),

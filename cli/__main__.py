@@ -1,5 +1,5 @@
-"""`python -m cli` is `mesh` (used where the console script may not be on PATH: tests, the devnet)."""
+"""`python -m meshmarket.cli` is `mesh` (used where the console script may not be on PATH: tests, the devnet)."""
 
-from cli.main import main
+from meshmarket.cli.main import main
 
 main(prog_name="mesh")

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from cli.common import echo_json, json_option
-from mesh import keys
+from meshmarket.cli.common import echo_json, json_option
+from meshmarket.mesh import keys
 
 
 def _new_password() -> str:

@@ -10,11 +10,11 @@ import time
 
 import click
 
-from cli.common import echo_json, json_option, rpc_option
-from mesh import config
-from mesh.anvil import rpc_call, start_anvil
-from mesh.files import write_json
-from mesh.errors import ConfigError
+from meshmarket.cli.common import echo_json, json_option, rpc_option
+from meshmarket.mesh import config
+from meshmarket.mesh.anvil import rpc_call, start_anvil
+from meshmarket.mesh.files import write_json
+from meshmarket.mesh.errors import ConfigError
 
 
 def _state_path():

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mesh import config
-from mesh.limits import MAX_PRICE
-from mesh.types import parse_amount, parse_price
+from meshmarket.mesh import config
+from meshmarket.mesh.limits import MAX_PRICE
+from meshmarket.mesh.types import parse_amount, parse_price
 
 if TYPE_CHECKING:  # web3 and eth-account take a second to import: only the commands that sign pay for it
     from eth_account.signers.local import LocalAccount
 
-    from mesh.chain import Chain
+    from meshmarket.mesh.chain import Chain
 
 rpc_option = click.option("--rpc", "rpc", default=None, metavar="URL",
                           help="JSON-RPC URL of the chain (default: $MESH_RPC_URL, the recorded market's, or the "
@@ -51,7 +51,7 @@ def price_callback(ctx, param, value):
 
 
 def open_chain(rpc: str | None) -> Chain:
-    from mesh.chain import Chain
+    from meshmarket.mesh.chain import Chain
 
     return Chain.open(config.Deployment.load(), config.rpc_url(rpc))
 
@@ -61,7 +61,7 @@ def account_name(name: str | None, default: str | None = None) -> str:
     name = name or os.environ.get("MESH_ACCOUNT") or default
     if name:
         return name
-    from mesh import keys
+    from meshmarket.mesh import keys
 
     found = keys.list_accounts()
     if len(found) == 1:
@@ -73,7 +73,7 @@ def account_name(name: str | None, default: str | None = None) -> str:
 
 def resolve_account(name: str | None, chain_id: int | None, default: str | None = None) -> LocalAccount:
     """Load the signing account; the keystore password comes from $MESH_PASSWORD or a prompt."""
-    from mesh import keys
+    from meshmarket.mesh import keys
 
     name = account_name(name, default)
     password = None

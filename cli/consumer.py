@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.common import (
+from meshmarket.cli.common import (
     account_option,
     echo_json,
     json_option,
@@ -16,17 +16,17 @@ from cli.common import (
     rpc_option,
     table,
 )
-from mesh.errors import ConfigError, QueryError
-from mesh.limits import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
-from mesh.types import format_amount, format_price
+from meshmarket.mesh.errors import ConfigError, QueryError
+from meshmarket.mesh.limits import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
+from meshmarket.mesh.types import format_amount, format_price
 
 
 def _model_hash(model: str) -> bytes:
     """--model: a 0x sha256 of the GGUF file, 'default', or a path to a GGUF file."""
     if model.startswith("0x") and len(model) == 66:
         return bytes.fromhex(model[2:])
-    from provider.engine import default_model_path
-    from provider.modelfile import file_sha256
+    from meshmarket.provider.engine import default_model_path
+    from meshmarket.provider.modelfile import file_sha256
     from pathlib import Path
 
     path = default_model_path() if model == "default" else Path(model).expanduser()
@@ -61,16 +61,16 @@ def _model_hash(model: str) -> bytes:
 def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, top_p, stop, min_pool, dispute, yes,
         account_name, rpc, as_json) -> None:
     """Ask the mesh: three providers drawn by the protocol answer; agreeing work is paid."""
-    from consumer.ask import AskOptions, Asker, discover, settle_pending
-    from consumer.selection import Selector
-    from mesh.market import group_id
+    from meshmarket.consumer.ask import AskOptions, Asker, discover, settle_pending
+    from meshmarket.consumer.selection import Selector
+    from meshmarket.mesh.market import group_id
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="PROMPT")
     if len(stop) > MAX_STOPS or any(not t or len(t) > MAX_STOP_CHARS for t in stop):
         raise click.BadParameter(f"give at most {MAX_STOPS} non-empty stop strings of at most {MAX_STOP_CHARS} characters",
                                  param_hint="--stop")
-    from cli.gateway import ask_via_gateway
+    from meshmarket.cli.gateway import ask_via_gateway
 
     if ask_via_gateway(prompt, model=model, system=system, max_tokens=max_tokens, max_price=max_price,
                        temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop), dispute=dispute,
@@ -194,8 +194,8 @@ def print_receipt(r) -> None:
 @json_option
 def settle(account_name, rpc, as_json) -> None:
     """Move on your jobs that did not close at once (a seat missing, a contest, a dispute, a crash)."""
-    from consumer.ask import settle_pending
-    from consumer.journal import Journal
+    from meshmarket.consumer.ask import settle_pending
+    from meshmarket.consumer.journal import Journal
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cli.common import account_option, echo_json, json_option, resolve_account, rpc_option
-from cli.market import deployment_json, describe
-from contracts.deploy import deploy as deploy_all
-from mesh import config
-from mesh.chain import connect
-from mesh.config import Deployment, MarketParams
+from meshmarket.cli.common import account_option, echo_json, json_option, resolve_account, rpc_option
+from meshmarket.cli.market import deployment_json, describe
+from meshmarket.contracts.deploy import deploy as deploy_all
+from meshmarket.mesh import config
+from meshmarket.mesh.chain import connect
+from meshmarket.mesh.config import Deployment, MarketParams
 
 
 @click.group()

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import table
-from mesh.keys import dev_account
-from mesh.types import format_amount
+from meshmarket.cli.common import table
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.types import format_amount
 
 MESH = 10**6
 #: dev account -> price per output token. Seats are drawn by stake (100 MESH each), not by price.
@@ -51,7 +51,7 @@ KEEPER_POLL = "0.5"
 @click.option("--question", "questions", multiple=True, help="Ask these instead of the built-in questions.")
 def demo(max_tokens: int, questions: tuple[str, ...]) -> None:
     """Run a private market: chain, contracts, six providers (one cheating), verified paid queries."""
-    from cli.devnet import start_meshnet
+    from meshmarket.cli.devnet import start_meshnet
 
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
@@ -87,10 +87,10 @@ def _court_lines(index: int, line: str) -> None:
 
 
 def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
-    from cli.consumer import print_receipt
-    from consumer.ask import AskOptions, Asker, discover
-    from consumer.journal import Journal
-    from consumer.selection import Selector
+    from meshmarket.cli.consumer import print_receipt
+    from meshmarket.consumer.ask import AskOptions, Asker, discover
+    from meshmarket.consumer.journal import Journal
+    from meshmarket.consumer.selection import Selector
 
     consumer = dev_account(CONSUMER)
     net.fund(CONSUMER)
@@ -125,7 +125,7 @@ def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
 
 
 def _verdict(net, receipt, st) -> None:
-    from mesh.market import OUTCOMES
+    from meshmarket.mesh.market import OUTCOMES
 
     ev = st.settled
     rows = []
@@ -144,7 +144,7 @@ def _sybil_attempt(net) -> None:
     honest victim, so that two bogus signatures outvote it. It cannot choose the seats."""
     from eth_utils import keccak
 
-    from mesh.market import MarketClient
+    from meshmarket.mesh.market import MarketClient
 
     attacker, sybils, victim = dev_account(SYBIL_OWNER), [dev_account(i) for i in SYBILS], dev_account(VICTIM)
     click.secho(f"\n== a consumer with two sybil providers tries to sit them with dev:{VICTIM}", bold=True)

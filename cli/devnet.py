@@ -4,7 +4,7 @@ directory. `mesh demo`, the tests and the benchmarks all run on it.
 
 Demo code lives here and nowhere in the provider: a cheater is an ordinary provider process whose
 engine is wrapped by `CheatingEngine` (it alters what the model says and signs that), started with
-`python -m cli.devnet cheat --account dev:N` instead of `mesh provider start`.
+`python -m meshmarket.cli.devnet cheat --account dev:N` instead of `mesh provider start`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import click
 
-from mesh.anvil import AnvilProcess, free_port, start_anvil
-from contracts.deploy import deploy
-from mesh.chain import Chain, connect
-from mesh.config import MarketParams
-from mesh.keys import dev_account
-from mesh.market import MarketClient, group_id
+from meshmarket.mesh.anvil import AnvilProcess, free_port, start_anvil
+from meshmarket.contracts.deploy import deploy
+from meshmarket.mesh.chain import Chain, connect
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import MarketClient, group_id
 
 MESH = 10**6
 
@@ -90,7 +90,7 @@ class MeshNet:
         if fund:
             self.fund(index)
         p = ProviderProc(index, home, free_port())
-        cmd = [sys.executable, "-m", "cli", "provider", "register", "--model", "default", "--price", str(price),
+        cmd = [sys.executable, "-m", "meshmarket.cli", "provider", "register", "--model", "default", "--price", str(price),
                "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}", *extra]
         out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
@@ -101,7 +101,7 @@ class MeshNet:
     def start(self, index: int, *extra: str, timeout: float = 300.0, cheater: bool = False,
               on_line: Callable[[int, str], None] | None = None) -> ProviderProc:
         p = self.providers[index]
-        entry = ["-m", "cli.devnet", "cheat"] if cheater else ["-m", "cli", "provider", "start"]
+        entry = ["-m", "meshmarket.cli.devnet", "cheat"] if cheater else ["-m", "meshmarket.cli", "provider", "start"]
         cmd = [sys.executable, *entry, "--account", f"dev:{index}", *extra]
         p.proc = subprocess.Popen(cmd, env=self.env(p.home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, stdin=subprocess.DEVNULL)
@@ -162,8 +162,8 @@ class MeshNet:
         """Run a contested job to its end on the local chain: move the clock through each phase
         (dispute window, evidence, votes) and let the providers' own keepers act in it: seats
         publish their evidence, drawn jurors score and vote. Returns the final JobState."""
-        from consumer.settlement import settle_pending
-        from mesh.market import job_state
+        from meshmarket.consumer.settlement import settle_pending
+        from meshmarket.mesh.market import job_state
 
         p, deadline = self.deployment.params, time.monotonic() + timeout
 
@@ -222,8 +222,8 @@ def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] 
     net = MeshNet(root, block_time)
     groups, stakes = groups or {}, stakes or {}
     try:
-        from provider.engine import default_model_path
-        from provider.modelfile import file_sha256
+        from meshmarket.provider.engine import default_model_path
+        from meshmarket.provider.modelfile import file_sha256
 
         net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
         for i in prices:
@@ -276,7 +276,7 @@ class CheatingEngine:
         return getattr(self.inner, name)  # model_path, n_ctx, slot, build, count_prompt_tokens, close
 
     def generate(self, request, cancel=None):
-        from provider.engine import Generation
+        from meshmarket.provider.engine import Generation
 
         honest = self.inner.generate(request, cancel)
         return Generation(self._alter(honest, request), honest.prompt_tokens)
@@ -304,7 +304,7 @@ def _devnet() -> None:
 @click.option("--rpc", default=None)
 def cheat(account_name: str, claim_poll: float, rpc: str | None) -> None:
     """`mesh provider start`, with the engine wrapped by CheatingEngine."""
-    from cli.provider import serve
+    from meshmarket.cli.provider import serve
 
     serve(account_name, rpc, claim_poll, wrap_engine=CheatingEngine)
 

@@ -24,7 +24,7 @@ CONNECT_TIMEOUT = 0.5
 
 
 def _record_path() -> Path:
-    from mesh import config
+    from meshmarket.mesh import config
 
     return config.home() / RECORD
 
@@ -32,7 +32,7 @@ def _record_path() -> Path:
 def _amount_option(ctx, param, value):
     if value is None:
         return None
-    from mesh.types import parse_amount
+    from meshmarket.mesh.types import parse_amount
 
     try:
         return parse_amount(value)
@@ -78,10 +78,10 @@ def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, gro
     """Serve the market as an OpenAI-compatible API (/v1) and a live explorer page (/)."""
     import logging
 
-    from consumer.gateway.config import GatewayConfig, Limits
-    from consumer.gateway.market import MarketSettings
-    from consumer.gateway.serve import check_bind
-    from mesh.market import group_id
+    from meshmarket.consumer.gateway.config import GatewayConfig, Limits
+    from meshmarket.consumer.gateway.market import MarketSettings
+    from meshmarket.consumer.gateway.serve import check_bind
+    from meshmarket.mesh.market import group_id
 
     config = GatewayConfig(max_price=max_price, request_cap=request_cap, daily_cap=daily_cap,
                            api_key=_api_key(api_key_file), limits=Limits(default_max_tokens=default_max_tokens),
@@ -99,8 +99,8 @@ def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, gro
 
 def _open(account_name, rpc, config, yes: bool):
     """The chain, the unlocked account (password asked once) and the ledger, checked for funds."""
-    from cli.common import open_chain, resolve_account
-    from consumer.selection import Selector
+    from meshmarket.cli.common import open_chain, resolve_account
+    from meshmarket.consumer.selection import Selector
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
@@ -111,9 +111,9 @@ def _open(account_name, rpc, config, yes: bool):
 
 def _check_funds(chain, acct, config, yes: bool) -> None:
     """One request's worst case must be payable (credit first, then allowance and balance)."""
-    from mesh.errors import ConfigError
-    from mesh.market import MarketClient
-    from mesh.types import format_amount
+    from meshmarket.mesh.errors import ConfigError
+    from meshmarket.mesh.market import MarketClient
+    from meshmarket.mesh.types import format_amount
 
     worst = config.limits.default_max_tokens * config.max_price * (config.max_seats + 1 + int(config.dispute))
     credit = MarketClient(chain).credit(acct.address)
@@ -136,8 +136,8 @@ def _check_funds(chain, acct, config, yes: bool) -> None:
 def _run(chain, acct, selector, config, settings, host, port, account_name, group) -> None:
     import trio
 
-    from consumer.gateway.runner import run_gateway
-    from mesh import config as mesh_config
+    from meshmarket.consumer.gateway.runner import run_gateway
+    from meshmarket.mesh import config as mesh_config
 
     async def main() -> None:
         stop = trio.Event()
@@ -175,7 +175,7 @@ async def _watch_signals(stop, scope) -> None:
 
 
 def _announce(url, acct, account_name, chain, group, config, models) -> None:
-    from mesh.files import write_json
+    from meshmarket.mesh.files import write_json
 
     record = {"url": url, "pid": os.getpid(), "address": acct.address, "account": account_name or
               os.environ.get("MESH_ACCOUNT") or acct.address, "rpc_url": chain.deployment.rpc_url,
@@ -258,7 +258,7 @@ def _model_name(model: str) -> str:
     """What the gateway calls the model: 'default', a 0x hash, or the hash of a GGUF file."""
     if model == "default" or (model.startswith("0x") and len(model) == 66) or not Path(model).expanduser().is_file():
         return model
-    from provider.modelfile import file_sha256
+    from meshmarket.provider.modelfile import file_sha256
 
     return file_sha256(Path(model).expanduser())
 
@@ -315,7 +315,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 def _print_receipt(r: dict) -> None:
     """The receipt as `mesh ask` prints it (cli.consumer.print_receipt), from its JSON form."""
-    from mesh.types import format_amount
+    from meshmarket.mesh.types import format_amount
 
     fp = f"  build {r['system_fingerprint']}" if r.get("system_fingerprint") else ""
     click.secho(f"\njob {r.get('job_id')}  {r.get('outcome')}  agreement {r.get('agreement')}{fp}  (via {r.get('model')} "

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 import click
 
-from ledger import Ledger, Reputation, open_ledger
-from ledger.indexer import DEFAULT_BATCH_BLOCKS, Indexer
-from ledger.records import JOB_STATUSES, BatchResult
-from cli.common import echo_json, json_option, open_chain, rpc_option, table
-from mesh.types import format_amount
+from meshmarket.ledger import Ledger, Reputation, open_ledger
+from meshmarket.ledger.indexer import DEFAULT_BATCH_BLOCKS, Indexer
+from meshmarket.ledger.records import JOB_STATUSES, BatchResult
+from meshmarket.cli.common import echo_json, json_option, open_chain, rpc_option, table
+from meshmarket.mesh.types import format_amount
 
 ledger_option = click.option("--ledger", "ledger_url", default=None, metavar="URL",
                              help="Ledger database URL (default: $MESH_LEDGER_URL, else $MESH_HOME/ledger.sqlite).")

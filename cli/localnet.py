@@ -27,10 +27,10 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_json, json_option, table
-from mesh import config
-from mesh.errors import ConfigError
-from mesh.files import write_json
+from meshmarket.cli.common import echo_json, json_option, table
+from meshmarket.mesh import config
+from meshmarket.mesh.errors import ConfigError
+from meshmarket.mesh.files import write_json
 
 MESH = 10**6
 CONSUMER = 9
@@ -111,7 +111,7 @@ def _spawn(args: list[str]) -> dict:
     paths = _paths()
     paths["record"].unlink(missing_ok=True)
     with open(paths["log"], "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.localnet", "up", *args], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "meshmarket.cli.localnet", "up", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     click.echo(f"starting the devnet in the background (pid {proc.pid}, log {paths['log']})…", err=True)
@@ -130,7 +130,7 @@ def _spawn(args: list[str]) -> dict:
 
 def _run(count: int, cheaters: int, price: int, block_time: int, as_json: bool) -> None:
     """Run the devnet in this process until SIGINT or SIGTERM, then stop everything."""
-    from cli.devnet import start_meshnet
+    from meshmarket.cli.devnet import start_meshnet
 
     paths = _paths()
     paths["root"].mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _stop_signal(signum, frame) -> None:
 
 def _setup(net, prices: dict[int, int], cheating: tuple[int, ...], block_time: int) -> dict:
     """Fund the consumer, record the deployment where every command looks, write the record."""
-    from mesh.keys import dev_account
+    from meshmarket.mesh.keys import dev_account
 
     paths = _paths()
     consumer = dev_account(CONSUMER)
@@ -230,7 +230,7 @@ def status(as_json: bool) -> None:
     record = _load_record()
     if record is None:
         raise ConfigError("no devnet is running", "start one with `mesh devnet up --detach`")
-    from mesh.anvil import rpc_call
+    from meshmarket.mesh.anvil import rpc_call
 
     try:
         block = int(rpc_call(record["rpc_url"], "eth_blockNumber"), 16)
@@ -252,15 +252,15 @@ def status(as_json: bool) -> None:
 
 
 def _mesh(amount: int | None) -> str:
-    from mesh.types import format_amount
+    from meshmarket.mesh.types import format_amount
 
     return "?" if amount is None else format_amount(amount)
 
 
 def _stakes(record: dict) -> dict[str, dict]:
-    from mesh.chain import Chain
-    from mesh.config import Deployment
-    from mesh.market import MarketClient
+    from meshmarket.mesh.chain import Chain
+    from meshmarket.mesh.config import Deployment
+    from meshmarket.mesh.market import MarketClient
 
     try:
         mc = MarketClient(Chain.open(Deployment.load(_paths()["deployment"]), record["rpc_url"]))

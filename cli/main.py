@@ -11,24 +11,24 @@ import importlib
 
 import click
 
-from mesh import __version__
-from mesh.errors import MeshError, sole_error
+from meshmarket.mesh import __version__
+from meshmarket.mesh.errors import MeshError, sole_error
 
 #: command name -> "module:attribute" of its click command or group.
 COMMANDS = {
-    "chain": "cli.chain:chain",
-    "contracts": "cli.contracts:contracts",
-    "market": "cli.market:market",
-    "token": "cli.token:token",
-    "account": "cli.account:account",
-    "provider": "cli.provider:provider",
-    "ask": "cli.consumer:ask",
-    "models": "cli.market:models",
-    "settle": "cli.consumer:settle",
-    "ledger": "cli.ledger:ledger",
-    "demo": "cli.demo:demo",
-    "devnet": "cli.localnet:devnet",
-    "serve": "cli.gateway:serve",
+    "chain": "meshmarket.cli.chain:chain",
+    "contracts": "meshmarket.cli.contracts:contracts",
+    "market": "meshmarket.cli.market:market",
+    "token": "meshmarket.cli.token:token",
+    "account": "meshmarket.cli.account:account",
+    "provider": "meshmarket.cli.provider:provider",
+    "ask": "meshmarket.cli.consumer:ask",
+    "models": "meshmarket.cli.market:models",
+    "settle": "meshmarket.cli.consumer:settle",
+    "ledger": "meshmarket.cli.ledger:ledger",
+    "demo": "meshmarket.cli.demo:demo",
+    "devnet": "meshmarket.cli.localnet:devnet",
+    "serve": "meshmarket.cli.gateway:serve",
 }
 
 

@@ -18,12 +18,12 @@ from functools import cache
 import click
 from eth_utils import is_address, to_checksum_address
 
-from cli.common import echo_json, json_option, rpc_option, table
-from mesh import config
-from mesh.chain import connect, load_artifact
-from mesh.config import Deployment, MarketParams
-from mesh.errors import ChainError, ConfigError, NotDeployed, WrongChain
-from mesh.types import format_amount, format_price
+from meshmarket.cli.common import echo_json, json_option, rpc_option, table
+from meshmarket.mesh import config
+from meshmarket.mesh.chain import connect, load_artifact
+from meshmarket.mesh.config import Deployment, MarketParams
+from meshmarket.mesh.errors import ChainError, ConfigError, NotDeployed, WrongChain
+from meshmarket.mesh.types import format_amount, format_price
 
 #: Blocks scanned for a market's creation when no address is given: a few seconds of batched reads
 #: on a local chain. Beyond MAX_SCAN the address must be given.
@@ -116,7 +116,7 @@ def _creation_block(w3, address: str, latest: int) -> int:
 
 def _creator(w3, block: int, address: str) -> str:
     """Who sent the transaction that created `address` in `block` ("" if a contract created it)."""
-    from contracts.deploy import get_create_address
+    from meshmarket.contracts.deploy import get_create_address
 
     for tx in w3.eth.get_block(block, full_transactions=True)["transactions"]:
         if tx.get("to") is None and get_create_address(tx["from"], tx["nonce"]) == address:
@@ -168,7 +168,7 @@ def scan_markets(w3, depth: int) -> tuple[list[tuple[str, int]], int, int]:
     """Markets (address, creation block) created in the last `depth` blocks, newest first; with
     the first and last block scanned. Contract creations are read in JSON-RPC batches; a created
     contract is a market when its code is JobMarket's."""
-    from contracts.deploy import get_create_address
+    from meshmarket.contracts.deploy import get_create_address
 
     latest = w3.eth.block_number
     first = max(0, latest - depth + 1)
@@ -270,7 +270,7 @@ def join(rpc_url: str, market_address: str | None, chain_id: int | None, depth: 
 @json_option
 def show(rpc: str | None, as_json: bool) -> None:
     """The recorded market, and whether its chain answers with the contracts in place."""
-    from mesh.chain import Chain
+    from meshmarket.mesh.chain import Chain
 
     dep = Deployment.load()
     url = config.rpc_url(rpc)
@@ -296,9 +296,9 @@ def probe(offers, timeout: float = PROBE_TIMEOUT) -> dict[str, dict]:
     {"status": "ok" | "unreachable" | "rejected", "reason", "manifest"}."""
     import trio
 
-    from consumer.client import fetch_manifest
-    from mesh.errors import ProviderFailed
-    from mesh.p2p import Node, address_from_peer_id
+    from meshmarket.consumer.client import fetch_manifest
+    from meshmarket.mesh.errors import ProviderFailed
+    from meshmarket.mesh.p2p import Node, address_from_peer_id
 
     out: dict[str, dict] = {}
 
@@ -364,9 +364,9 @@ def _print_models(rows: list[dict]) -> None:
 def models(no_dial: bool, rpc: str | None, as_json: bool) -> None:
     """The models on the market: name, the hash --model takes, providers, prices, reputation, and
     whether each provider's manifest passes the checks a query makes."""
-    from cli.common import open_chain
-    from consumer.discovery import discover
-    from consumer.selection import Selector
+    from meshmarket.cli.common import open_chain
+    from meshmarket.consumer.discovery import discover
+    from meshmarket.consumer.selection import Selector
 
     chain = open_chain(rpc)
     hashes = dict.fromkeys(bytes(args["modelHash"]) for args in chain.registrations())

@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from cli.common import (account_option, amount_callback, echo_json, json_option, open_chain, price_callback,
+from meshmarket.cli.common import (account_option, amount_callback, echo_json, json_option, open_chain, price_callback,
                         resolve_account, rpc_option, table)
-from mesh.errors import ConfigError
-from mesh.market import MarketClient
-from mesh.types import format_amount, format_price, format_when
+from meshmarket.mesh.errors import ConfigError
+from meshmarket.mesh.market import MarketClient
+from meshmarket.mesh.types import format_amount, format_price, format_when
 
 
 @click.group()
@@ -45,8 +45,8 @@ def _account(account_name, chain):
 def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, group, account_name, rpc,
              as_json) -> None:
     """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
-    from provider.runtime import endpoint_of, register_provider
-    from mesh.protocol import Manifest
+    from meshmarket.provider.runtime import endpoint_of, register_provider
+    from meshmarket.mesh.protocol import Manifest
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
@@ -86,8 +86,8 @@ def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_eng
     altering what the real engine says (cli/devnet.py)."""
     import logging
 
-    from provider.engine import LlamaCppEngine
-    from provider.runtime import ProviderSettings, run_provider
+    from meshmarket.provider.engine import LlamaCppEngine
+    from meshmarket.provider.runtime import ProviderSettings, run_provider
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     chain = open_chain(rpc)
@@ -120,8 +120,8 @@ def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_eng
 def _manifest_match(address: str, a: dict) -> str | None:
     """Whether this directory's saved manifest is the registered one: consumers reject the node's
     manifest otherwise (None: no settings for this provider here)."""
-    from provider.runtime import ProviderSettings
-    from mesh.protocol import Manifest
+    from meshmarket.provider.runtime import ProviderSettings
+    from meshmarket.mesh.protocol import Manifest
 
     try:
         settings = ProviderSettings.load(address)
@@ -171,8 +171,8 @@ def status(account_name, rpc, as_json) -> None:
 @json_option
 def check(account_name, rpc, as_json) -> None:
     """Dial this provider's registered endpoint as a consumer does, and check its manifest the same way."""
-    from cli.market import probe
-    from consumer.discovery import discover
+    from meshmarket.cli.market import probe
+    from meshmarket.consumer.discovery import discover
 
     chain = open_chain(rpc)
     address = _address(account_name)
@@ -279,7 +279,7 @@ def invite(address, group, revoke, account_name, rpc, as_json) -> None:
     it first)."""
     from eth_utils import is_address, to_checksum_address
 
-    from mesh.market import group_id
+    from meshmarket.mesh.market import group_id
 
     if not is_address(address):
         raise click.BadParameter(f"{address!r} is not an address", param_hint="ADDRESS")
@@ -335,8 +335,8 @@ def _address(account_name) -> str:
 
     from eth_utils import is_address, to_checksum_address
 
-    from mesh import keys
-    from provider.runtime import ProviderSettings
+    from meshmarket.mesh import keys
+    from meshmarket.provider.runtime import ProviderSettings
 
     name = account_name or os.environ.get("MESH_ACCOUNT") or ProviderSettings.load().account
     if name.startswith("dev:"):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import click
 from eth_utils import is_address, to_checksum_address
 
-from cli.common import (account_option, amount_callback, echo_json, json_option, open_chain, resolve_account,
+from meshmarket.cli.common import (account_option, amount_callback, echo_json, json_option, open_chain, resolve_account,
                         rpc_option, table)
-from mesh import config, keys
-from mesh.errors import ConfigError
-from mesh.types import format_amount
+from meshmarket.mesh import config, keys
+from meshmarket.mesh.errors import ConfigError
+from meshmarket.mesh.types import format_amount
 
 WEI_PER_ETH = 10**18
 
@@ -118,7 +118,7 @@ def approve(amount: int, account_name: str | None, rpc: str | None, as_json: boo
 @json_option
 def deposit(amount: int, account_name: str | None, rpc: str | None, as_json: bool) -> None:
     """Prepay AMOUNT as credit in the vault: queries spend credit first, with no token transfer."""
-    from mesh.market import MarketClient
+    from meshmarket.mesh.market import MarketClient
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
@@ -138,7 +138,7 @@ def deposit(amount: int, account_name: str | None, rpc: str | None, as_json: boo
 @json_option
 def credit(account_name: str | None, rpc: str | None, as_json: bool) -> None:
     """Your credit in the vault (deposits and refunds not yet spent)."""
-    from mesh.market import MarketClient
+    from meshmarket.mesh.market import MarketClient
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
@@ -155,7 +155,7 @@ def credit(account_name: str | None, rpc: str | None, as_json: bool) -> None:
 @json_option
 def withdraw_credit(account_name: str | None, rpc: str | None, as_json: bool) -> None:
     """Take your whole credit back to your wallet."""
-    from mesh.market import MarketClient
+    from meshmarket.mesh.market import MarketClient
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)

@@ -15,17 +15,17 @@ from collections.abc import Callable, Sequence
 import trio
 from eth_account.signers.local import LocalAccount
 
-from consumer.discovery import Offer, check_jury, discover, eligible
-from consumer.journal import Journal
-from consumer.query import AskOptions, Query
-from consumer.receipt import Receipt
-from consumer.settlement import settle_pending
-from mesh.chain import Chain
-from mesh.errors import sole_error
-from mesh.market import ZERO32
-from mesh.market import MarketClient
-from mesh.p2p import Node
-from mesh.protocol import Sampling
+from meshmarket.consumer.discovery import Offer, check_jury, discover, eligible
+from meshmarket.consumer.journal import Journal
+from meshmarket.consumer.query import AskOptions, Query
+from meshmarket.consumer.receipt import Receipt
+from meshmarket.consumer.settlement import settle_pending
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import sole_error
+from meshmarket.mesh.market import ZERO32
+from meshmarket.mesh.market import MarketClient
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import Sampling
 
 __all__ = ["AskOptions", "Asker", "Offer", "Receipt", "discover", "eligible", "settle_pending"]
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from eth_utils import to_checksum_address
 
-from mesh.errors import P2PError, ProtocolError, ProviderFailed
-from mesh.market import ResultClaim
-from mesh.p2p import Node, address_from_peer_id
-from mesh.protocol import (
+from meshmarket.mesh.errors import P2PError, ProtocolError, ProviderFailed
+from meshmarket.mesh.market import ResultClaim
+from meshmarket.mesh.p2p import Node, address_from_peer_id
+from meshmarket.mesh.protocol import (
     INFER_PROTOCOL,
     MANIFEST_PROTOCOL,
     MAX_MANIFEST_FRAME,

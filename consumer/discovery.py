@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from eth_utils import to_checksum_address
 
-from mesh.chain import Chain
-from mesh.errors import QueryError
-from mesh.market import MarketClient
-from mesh.types import format_price
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import QueryError
+from meshmarket.mesh.market import MarketClient
+from meshmarket.mesh.types import format_price
 
 
 @dataclass(frozen=True)

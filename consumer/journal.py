@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh import config
-from mesh.errors import MeshError
-from mesh.files import write_atomic
-from mesh.market import ResultClaim
-from mesh.protocol import Job
+from meshmarket.mesh import config
+from meshmarket.mesh.errors import MeshError
+from meshmarket.mesh.files import write_atomic
+from meshmarket.mesh.market import ResultClaim
+from meshmarket.mesh.protocol import Job
 
 
 @dataclass

@@ -28,15 +28,15 @@ import trio
 from eth_utils import to_checksum_address
 from web3.logs import DISCARD
 
-from consumer.client import Answer, fetch_manifest, run_job
-from consumer.discovery import Offer
-from consumer.journal import PendingJob
-from consumer.receipt import Receipt, SlotReport
-from mesh.errors import ChainError, ProviderFailed, QueryError
-from mesh.market import OUTCOMES, ZERO32, Contest
-from mesh.p2p import Node
-from mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
-from mesh.types import format_amount, format_when
+from meshmarket.consumer.client import Answer, fetch_manifest, run_job
+from meshmarket.consumer.discovery import Offer
+from meshmarket.consumer.journal import PendingJob
+from meshmarket.consumer.receipt import Receipt, SlotReport
+from meshmarket.mesh.errors import ChainError, ProviderFailed, QueryError
+from meshmarket.mesh.market import OUTCOMES, ZERO32, Contest
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
+from meshmarket.mesh.types import format_amount, format_when
 
 MANIFEST_TIMEOUT = 5.0
 #: A pool this small is dialled while the job opens (its seats are among it), and waited for this

@@ -19,11 +19,11 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from consumer.discovery import Offer
-from ledger import Ledger, Reputation, doubts, open_ledger
-from ledger.indexer import Indexer
-from mesh.chain import Chain
-from mesh.errors import LedgerError
+from meshmarket.consumer.discovery import Offer
+from meshmarket.ledger import Ledger, Reputation, doubts, open_ledger
+from meshmarket.ledger.indexer import Indexer
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import LedgerError
 
 log = logging.getLogger("meshmarket.consumer")
 

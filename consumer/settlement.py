@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
 
-from consumer.journal import Journal, PendingJob
-from mesh.chain import Chain
-from mesh.config import MarketParams
-from mesh.errors import ChainError
-from mesh.market import CLOSED, DRAW_WINDOW, OUTCOMES, ZERO32, JobState, MarketClient, job_state
-from mesh.types import format_when
+from meshmarket.consumer.journal import Journal, PendingJob
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.errors import ChainError
+from meshmarket.mesh.market import CLOSED, DRAW_WINDOW, OUTCOMES, ZERO32, JobState, MarketClient, job_state
+from meshmarket.mesh.types import format_when
 
 
 

@@ -6,8 +6,8 @@ contracts (contracts/src -> contracts/build, shipped) and the test-only contract
 -> tests/contracts/build, not shipped). The artifacts are committed so a user without Node can
 deploy; tests/test_artifacts.py fails when they are stale.
 
-    python -m contracts.compile          # rebuild the artifacts
-    python -m contracts.compile --check  # exit 1 if the committed artifacts are stale
+    python -m meshmarket.contracts.compile          # rebuild the artifacts
+    python -m meshmarket.contracts.compile --check  # exit 1 if the committed artifacts are stale
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.errors import ContractsError
+from meshmarket.mesh.errors import ContractsError
 
 HERE = Path(__file__).resolve().parent
 WRAPPER = HERE / "solcjs-wrapper"
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = [n for t in TARGETS for n in stale_artifacts(target=t)]
         if stale:
-            print("stale artifacts: " + ", ".join(stale) + " (run python -m contracts.compile)", file=sys.stderr)
+            print("stale artifacts: " + ", ".join(stale) + " (run python -m meshmarket.contracts.compile)", file=sys.stderr)
             return 1
         print("artifacts are up to date")
         return 0

@@ -10,10 +10,10 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import Web3
 
-from mesh.errors import ChainError
+from meshmarket.mesh.errors import ChainError
 
-from mesh.chain import CONTRACT_NAMES, RevertDecoder, load_artifact, send
-from mesh.config import Deployment, MarketParams
+from meshmarket.mesh.chain import CONTRACT_NAMES, RevertDecoder, load_artifact, send
+from meshmarket.mesh.config import Deployment, MarketParams
 
 
 def get_create_address(sender: str, nonce: int) -> str:

@@ -14,11 +14,11 @@ The ledger never sends transactions. See docs/LEDGER.md.
 
 from sqlalchemy.engine import make_url
 
-from ledger.database import default_url, make_engine
-from ledger.evidence import Evidence
-from ledger.migrate import upgrade
-from ledger.outcomes import JOB_STATUSES, OPEN_MARKET, SEAT_OUTCOMES
-from ledger.records import (
+from meshmarket.ledger.database import default_url, make_engine
+from meshmarket.ledger.evidence import Evidence
+from meshmarket.ledger.migrate import upgrade
+from meshmarket.ledger.outcomes import JOB_STATUSES, OPEN_MARKET, SEAT_OUTCOMES
+from meshmarket.ledger.records import (
     BatchResult,
     ChainEvent,
     ChainIdentity,
@@ -36,10 +36,10 @@ from ledger.records import (
     SeatRow,
     SlashRow,
 )
-from ledger.reputation import DEFAULT_POLICY, Ranked, Reputation, ReputationPolicy, Score, doubts
-from ledger.sql import SqlLedger
-from ledger.store import Ledger
-from mesh.errors import LedgerError
+from meshmarket.ledger.reputation import DEFAULT_POLICY, Ranked, Reputation, ReputationPolicy, Score, doubts
+from meshmarket.ledger.sql import SqlLedger
+from meshmarket.ledger.store import Ledger
+from meshmarket.mesh.errors import LedgerError
 
 __all__ = [
     "BatchResult", "ChainEvent", "ChainIdentity", "Cursor", "DEFAULT_POLICY", "DisputeRow", "EarningsRow", "Evidence",

@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
-from mesh import config
-from mesh.errors import LedgerError
+from meshmarket.mesh import config
+from meshmarket.mesh.errors import LedgerError
 
 #: Seconds a writer waits for another process's write lock before giving up: a sync batch holds
 #: it for well under a second, so this only runs out if a process hangs while writing.

@@ -28,11 +28,11 @@ from eth_abi import decode as abi_decode
 from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 from web3.exceptions import BlockNotFound
 
-from mesh.chain import Chain
-from mesh.errors import LedgerError
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import LedgerError
 
-from ledger.records import BatchResult, ChainEvent, ChainIdentity, Cursor, RegistryParams, checksum
-from ledger.store import Ledger
+from meshmarket.ledger.records import BatchResult, ChainEvent, ChainIdentity, Cursor, RegistryParams, checksum
+from meshmarket.ledger.store import Ledger
 
 REGISTRY_EVENTS = (
     "ProviderRegistered", "ProviderDeregistered", "Staked", "UnstakeRequested", "StakeWithdrawn",

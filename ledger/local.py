@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from ledger.evidence import Evidence
-from ledger.models import Job, Observation, ProviderReputation, Seat
-from ledger.outcomes import COUNTER_OF, evidence_of
-from ledger.rows import chunks, lock_evidence, save_evidence
+from meshmarket.ledger.evidence import Evidence
+from meshmarket.ledger.models import Job, Observation, ProviderReputation, Seat
+from meshmarket.ledger.outcomes import COUNTER_OF, evidence_of
+from meshmarket.ledger.rows import chunks, lock_evidence, save_evidence
 
 
 def observation_evidence(kind: str, value_ms: float | None, job_id: str | None, delivered: bool) -> dict[str, float]:

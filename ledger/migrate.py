@@ -5,8 +5,8 @@ file relative to the working directory, and the scripts are the ones shipped in 
 ledger written by a newer Meshmarket, and otherwise migrates inside one transaction that holds the
 database's write lock, so two processes opening a fresh ledger at once cannot both migrate it.
 
-Developers: `python -m migrations revision --autogenerate -m "add x" [--url URL]` writes a new
-version against a scratch SQLite database at head; `python -m migrations upgrade|downgrade REV
+Developers: `python -m meshmarket.migrations revision --autogenerate -m "add x" [--url URL]` writes a new
+version against a scratch SQLite database at head; `python -m meshmarket.migrations upgrade|downgrade REV
 --url URL` runs migrations by hand (migrations/__main__.py).
 """
 
@@ -20,8 +20,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-import migrations
-from mesh.errors import LedgerError
+from meshmarket import migrations
+from meshmarket.mesh.errors import LedgerError
 
 SCRIPT_LOCATION = Path(migrations.__file__).resolve().parent
 #: Any constant works; it names the advisory lock PostgreSQL nodes take while migrating.

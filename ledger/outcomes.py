@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mesh.market import HARD, OUTCOMES, PASS, SOFT
+from meshmarket.mesh.market import HARD, OUTCOMES, PASS, SOFT
 
 SEAT_OUTCOMES: tuple[str, ...] = (
     "agreed", "provisional", "minority", "unconfirmed", "passed", "soft_fail", "hard_fail", "slashed", "missing",

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from eth_utils import is_address, to_checksum_address
 
-from ledger.outcomes import JOB_OUTCOMES, JOB_STATUSES, SEAT_OUTCOMES  # noqa: F401 — re-exported
-from mesh.config import lock_for
+from meshmarket.ledger.outcomes import JOB_OUTCOMES, JOB_STATUSES, SEAT_OUTCOMES  # noqa: F401 — re-exported
+from meshmarket.mesh.config import lock_for
 
 @lru_cache(maxsize=1 << 16)
 def checksum(address: str) -> str:

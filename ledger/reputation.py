@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ledger.evidence import COUNTERS, DEFAULT_HALF_LIFE_S, PROVEN_AFTER, Evidence, decay  # noqa: F401 — re-exported
-from ledger.records import checksum
+from meshmarket.ledger.evidence import COUNTERS, DEFAULT_HALF_LIFE_S, PROVEN_AFTER, Evidence, decay  # noqa: F401 — re-exported
+from meshmarket.ledger.records import checksum
 
 
 class EvidenceSource(Protocol):

@@ -14,8 +14,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ledger.evidence import COUNTERS, Evidence
-from ledger.models import Base, ProviderReputation
+from meshmarket.ledger.evidence import COUNTERS, Evidence
+from meshmarket.ledger.models import Base, ProviderReputation
 
 #: Bound parameters per IN (...) list: far below SQLite's and PostgreSQL's limits.
 CHUNK = 500

@@ -19,9 +19,9 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger.evidence import DEFAULT_HALF_LIFE_S, Evidence
-from ledger.local import make_local, observation_evidence, rebuild, seat_delivered
-from ledger.models import (
+from meshmarket.ledger.evidence import DEFAULT_HALF_LIFE_S, Evidence
+from meshmarket.ledger.local import make_local, observation_evidence, rebuild, seat_delivered
+from meshmarket.ledger.models import (
     CHAIN_TABLES,
     Base,
     Dispute,
@@ -39,8 +39,8 @@ from ledger.models import (
     Seat,
     Slash,
 )
-from ledger.outcomes import OPEN_MARKET
-from ledger.records import (
+from meshmarket.ledger.outcomes import OPEN_MARKET
+from meshmarket.ledger.records import (
     OBSERVATION_KINDS,
     BatchResult,
     ChainEvent,
@@ -58,10 +58,10 @@ from ledger.records import (
     SlashRow,
     checksum,
 )
-from ledger.rows import chunks, evidence_from_row, half_life, insert_ignore, lock_evidence, save_evidence, upsert
-from ledger.store import Ledger
-from ledger.writer import BatchWriter
-from mesh.errors import LedgerError
+from meshmarket.ledger.rows import chunks, evidence_from_row, half_life, insert_ignore, lock_evidence, save_evidence, upsert
+from meshmarket.ledger.store import Ledger
+from meshmarket.ledger.writer import BatchWriter
+from meshmarket.mesh.errors import LedgerError
 
 
 def _addr(value: str) -> str:

@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ledger.evidence import Evidence
-from ledger.outcomes import OPEN_MARKET
-from ledger.records import (
+from meshmarket.ledger.evidence import Evidence
+from meshmarket.ledger.outcomes import OPEN_MARKET
+from meshmarket.ledger.records import (
     BatchResult,
     ChainEvent,
     ChainIdentity,

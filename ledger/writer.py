@@ -19,8 +19,8 @@ from typing import Any
 from eth_utils import keccak
 from sqlalchemy import insert, select
 
-from ledger.evidence import Evidence
-from ledger.models import (
+from meshmarket.ledger.evidence import Evidence
+from meshmarket.ledger.models import (
     Dispute,
     EventLog,
     Job,
@@ -33,10 +33,10 @@ from ledger.models import (
     Seat,
     Slash,
 )
-from ledger.outcomes import JOB_OUTCOMES, Settlement, bit, evidence_of, seat_outcomes, tally, vouchers
-from ledger.records import ChainEvent, RegistryParams
-from ledger.rows import Rows, chunks, lock_evidence, save_evidence
-from mesh.errors import LedgerError
+from meshmarket.ledger.outcomes import JOB_OUTCOMES, Settlement, bit, evidence_of, seat_outcomes, tally, vouchers
+from meshmarket.ledger.records import ChainEvent, RegistryParams
+from meshmarket.ledger.rows import Rows, chunks, lock_evidence, save_evidence
+from meshmarket.mesh.errors import LedgerError
 
 ZERO_ADDRESS = "0x" + "00" * 20
 

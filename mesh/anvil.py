@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.errors import ChainError, ConfigError
+from meshmarket.mesh.errors import ChainError, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

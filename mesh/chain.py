@@ -21,9 +21,9 @@ from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
 
-from mesh.config import Deployment
-from mesh.errors import ChainError, ContractReverted, ContractsError, NodeUnreachable, NotDeployed, WrongChain
-from mesh.types import format_amount
+from meshmarket.mesh.config import Deployment
+from meshmarket.mesh.errors import ChainError, ContractReverted, ContractsError, NodeUnreachable, NotDeployed, WrongChain
+from meshmarket.mesh.types import format_amount
 
 RECEIPT_TIMEOUT = 60.0
 #: The contracts every node talks to; their artifacts (ABI + bytecode) are committed in contracts/build.
@@ -43,7 +43,7 @@ def artifacts_dir() -> Path:
 def load_artifact(name: str) -> dict:
     path = artifacts_dir() / f"{name}.json"
     if not path.exists():
-        raise ContractsError(f"no build artifact for {name} at {path}", "run `python -m contracts.compile`")
+        raise ContractsError(f"no build artifact for {name} at {path}", "run `python -m meshmarket.contracts.compile`")
     return json.loads(path.read_text())
 
 

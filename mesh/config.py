@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mesh.errors import ConfigError, NotDeployed
+from meshmarket.mesh.errors import ConfigError, NotDeployed
 
 #: Anvil's default port: what a user who ran `mesh chain up` expects without flags.
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
@@ -161,7 +161,7 @@ class Deployment:
 
     def save(self, path: Path | None = None) -> Path:
         """Record it where every command looks (the user directory), or at `path`."""
-        from mesh.files import write_atomic
+        from meshmarket.mesh.files import write_atomic
 
         return write_atomic(path or self.default_path(), self.to_json() + "\n")  # never half a record
 

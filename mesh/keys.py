@@ -16,10 +16,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from mesh import config
-from mesh.anvil import DEV_ACCOUNT_COUNT, DEV_MNEMONIC
-from mesh.errors import KeystoreError
-from mesh.files import write_atomic
+from meshmarket.mesh import config
+from meshmarket.mesh.anvil import DEV_ACCOUNT_COUNT, DEV_MNEMONIC
+from meshmarket.mesh.errors import KeystoreError
+from meshmarket.mesh.files import write_atomic
 
 Account.enable_unaudited_hdwallet_features()
 

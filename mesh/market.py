@@ -22,10 +22,10 @@ from eth_utils import keccak, to_checksum_address
 
 from web3.logs import DISCARD
 
-from mesh.chain import Chain
-from mesh.errors import ChainError
-from mesh.protocol import Job
-from mesh.types import JobId, TokenAmount
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ChainError
+from meshmarket.mesh.protocol import Job
+from meshmarket.mesh.types import JobId, TokenAmount
 
 RESULT_TYPES = {
     "Result": [
@@ -48,7 +48,7 @@ DRAW_WINDOW = 8
 #: A draw's cost depends on its seed (rejection sampling: up to 64 attempts), which uses the block's
 #: prevrandao: unknown when the gas is estimated, so draws get this much gas on top of the estimate.
 DRAW_GAS_MARGIN = 150_000
-from mesh.limits import MAX_PRICE  # noqa: E402,F401 — re-exported
+from meshmarket.mesh.limits import MAX_PRICE  # noqa: E402,F401 — re-exported
 
 
 def group_id(name: str | None) -> bytes:

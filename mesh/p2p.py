@@ -54,7 +54,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from mesh.errors import (
+from meshmarket.mesh.errors import (
     ConnectFailed,
     FrameMalformed,
     FrameTooLarge,
@@ -65,7 +65,7 @@ from mesh.errors import (
     ProtocolError,
     StreamClosed,
 )
-from mesh.protocol import MAX_DEPTH, MAX_FRAME, MAX_INT_DIGITS, error_frame
+from meshmarket.mesh.protocol import MAX_DEPTH, MAX_FRAME, MAX_INT_DIGITS, error_frame
 
 logger = logging.getLogger(__name__)
 

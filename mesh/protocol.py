@@ -48,8 +48,8 @@ from pydantic import (
     model_validator,
 )
 
-from mesh.errors import ManifestError, ProtocolError
-from mesh.limits import (  # noqa: F401 — re-exported
+from meshmarket.mesh.errors import ManifestError, ProtocolError
+from meshmarket.mesh.limits import (  # noqa: F401 — re-exported
     JOB_SLOTS,
     MAX_DEPTH,
     MAX_FRAME,
@@ -709,10 +709,10 @@ def write_schemas(directory: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    # python -m mesh.protocol --write-schemas   (regenerates docs/schemas/*.json)
+    # python -m meshmarket.mesh.protocol --write-schemas   (regenerates docs/schemas/*.json)
     import sys
 
     if sys.argv[1:] != ["--write-schemas"]:
-        sys.exit("usage: python -m mesh.protocol --write-schemas")
+        sys.exit("usage: python -m meshmarket.mesh.protocol --write-schemas")
     for written in write_schemas(Path(__file__).resolve().parent.parent / "docs" / "schemas"):
         print(written)

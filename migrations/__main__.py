@@ -1,4 +1,4 @@
-"""`python -m migrations`: the ledger's migrations by hand, for developers (see ledger/migrate.py)."""
+"""`python -m meshmarket.migrations`: the ledger's migrations by hand, for developers (see ledger/migrate.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import tempfile
 import click
 from alembic import command
 
-from ledger.database import make_engine
-from ledger.migrate import alembic_config, downgrade, head_revision, upgrade
+from meshmarket.ledger.database import make_engine
+from meshmarket.ledger.migrate import alembic_config, downgrade, head_revision, upgrade
 
 
 @click.group(help="Run or write the ledger's Alembic migrations.")

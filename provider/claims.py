@@ -28,11 +28,11 @@ from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 
-from mesh.chain import Chain
-from mesh.errors import ChainError, ProtocolError
-from mesh.files import write_atomic
-from mesh.market import DRAW_WINDOW, Contest, JobState, MarketClient, commitment, job_state
-from mesh.protocol import Job
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ChainError, ProtocolError
+from meshmarket.mesh.files import write_atomic
+from meshmarket.mesh.market import DRAW_WINDOW, Contest, JobState, MarketClient, commitment, job_state
+from meshmarket.mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
 

@@ -23,11 +23,11 @@ from typing import Protocol
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from mesh.chain import Chain
-from mesh.errors import ChainError, ProtocolError
-from mesh.files import write_atomic
-from mesh.market import HARD, MarketClient, job_state, pack_verdicts, vote_commitment
-from mesh.protocol import Sampling, unpack_tokens
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ChainError, ProtocolError
+from meshmarket.mesh.files import write_atomic
+from meshmarket.mesh.market import HARD, MarketClient, job_state, pack_verdicts, vote_commitment
+from meshmarket.mesh.protocol import Sampling, unpack_tokens
 
 log = logging.getLogger("meshmarket.provider.court")
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mesh.errors import ContextOverflowError, InferenceError, ModelFileError
-from mesh.protocol import (
+from meshmarket.mesh.errors import ContextOverflowError, InferenceError, ModelFileError
+from meshmarket.mesh.protocol import (
     SAMPLER_MIN_P,
     Build,
     SAMPLER_REPEAT_PENALTY,

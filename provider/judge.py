@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 
 from eth_utils import keccak
 
-from mesh.errors import MeshError
-from mesh.market import HARD, PASS, SOFT
-from mesh.protocol import Sampling, StopScanner
-from provider.scorer import FinishReason, Scorer, scoring_weights
+from meshmarket.mesh.errors import MeshError
+from meshmarket.mesh.market import HARD, PASS, SOFT
+from meshmarket.mesh.protocol import Sampling, StopScanner
+from meshmarket.provider.scorer import FinishReason, Scorer, scoring_weights
 
 _LEVELS = {"pass": PASS, "soft": SOFT, "hard": HARD}
 #: Judged outputs remembered: the seats of a few jobs (a job has at most five).

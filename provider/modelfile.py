@@ -20,9 +20,9 @@ from typing import Any
 
 import gguf
 
-from mesh.errors import ModelFileError
-from mesh.files import write_atomic
-from mesh.protocol import Manifest
+from meshmarket.mesh.errors import ModelFileError
+from meshmarket.mesh.files import write_atomic
+from meshmarket.mesh.protocol import Manifest
 _CHUNK = 1 << 20
 
 

@@ -28,12 +28,12 @@ from eth_account.signers.local import LocalAccount
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
-from mesh.chain import Chain
-from mesh.errors import ContextOverflowError, InferenceError, P2PError, ProtocolError
-from mesh.files import append_durable
-from mesh.market import ResultClaim
-from mesh.p2p import Node, Session
-from mesh.protocol import (
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ContextOverflowError, InferenceError, P2PError, ProtocolError
+from meshmarket.mesh.files import append_durable
+from meshmarket.mesh.market import ResultClaim
+from meshmarket.mesh.p2p import Node, Session
+from meshmarket.mesh.protocol import (
     INFER_PROTOCOL,
     MANIFEST_PROTOCOL,
     MAX_MANIFEST_REQUEST_FRAME,
@@ -47,8 +47,8 @@ from mesh.protocol import (
     output_hash,
     pack_tokens,
 )
-from provider.claims import Claim, ClaimKeeper
-from provider.engine import Generation, InferenceEngine
+from meshmarket.provider.claims import Claim, ClaimKeeper
+from meshmarket.provider.engine import Generation, InferenceEngine
 
 log = logging.getLogger("meshmarket.provider")
 

@@ -21,20 +21,20 @@ from typing import Callable
 import trio
 from eth_account.signers.local import LocalAccount
 
-from mesh import config
-from mesh.chain import Chain
-from mesh.errors import ConfigError
-from mesh.files import write_atomic
-from mesh.market import MAX_PRICE, MarketClient, group_id
-from mesh.p2p import Node, peer_id_for_key
-from mesh.protocol import PROTOCOL_VERSION
-from provider.engine import LlamaCppEngine, build_of, default_model_path
-from mesh.protocol import Hardware, Manifest
-from provider.modelfile import file_sha256, manifest_for, model_info
-from provider.claims import ClaimKeeper
-from provider.court import CourtKeeper
-from provider.judge import LazyJudge
-from provider.node import JobGate, JobLog, ProviderService, ServedJobs
+from meshmarket.mesh import config
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ConfigError
+from meshmarket.mesh.files import write_atomic
+from meshmarket.mesh.market import MAX_PRICE, MarketClient, group_id
+from meshmarket.mesh.p2p import Node, peer_id_for_key
+from meshmarket.mesh.protocol import PROTOCOL_VERSION
+from meshmarket.provider.engine import LlamaCppEngine, build_of, default_model_path
+from meshmarket.mesh.protocol import Hardware, Manifest
+from meshmarket.provider.modelfile import file_sha256, manifest_for, model_info
+from meshmarket.provider.claims import ClaimKeeper
+from meshmarket.provider.court import CourtKeeper
+from meshmarket.provider.judge import LazyJudge
+from meshmarket.provider.node import JobGate, JobLog, ProviderService, ServedJobs
 
 log = logging.getLogger("meshmarket.provider")
 

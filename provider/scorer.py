@@ -46,8 +46,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mesh.errors import ContextOverflowError, InferenceError, MeshError, ModelFileError
-from mesh.protocol import SAMPLER_MIN_P, SAMPLER_REPEAT_PENALTY, SAMPLER_TOP_K, SAMPLER_TYPICAL_P, Sampling
+from meshmarket.mesh.errors import ContextOverflowError, InferenceError, MeshError, ModelFileError
+from meshmarket.mesh.protocol import SAMPLER_MIN_P, SAMPLER_REPEAT_PENALTY, SAMPLER_TOP_K, SAMPLER_TYPICAL_P, Sampling
 
 #: "stop": an end-of-generation token came next; "length": max_tokens were produced;
 #: "stop_sequence": the last token completed one of the request's stop strings.
@@ -334,7 +334,7 @@ def scoring_copy(model_path: str | Path, directory: Path | None = None, ftype: s
     equal those of the file itself (bench/verify.py compares both), at less CPU time."""
     import llama_cpp
 
-    from provider.modelfile import file_sha256
+    from meshmarket.provider.modelfile import file_sha256
 
     folder = directory or cache_dir() / "scoring"
     folder.mkdir(parents=True, exist_ok=True)

@@ -56,13 +56,13 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3.logs import DISCARD
 
-from consumer.journal import Journal, PendingJob
-from consumer.settlement import settle_pending
-from mesh.chain import Chain
-from mesh.config import MarketParams
-from mesh.errors import ChainError, ContractReverted, QueryError
-from mesh.keys import dev_account
-from mesh.market import (
+from meshmarket.consumer.journal import Journal, PendingJob
+from meshmarket.consumer.settlement import settle_pending
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.errors import ChainError, ContractReverted, QueryError
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import (
     DRAW_WINDOW,
     HARD,
     PASS,
@@ -75,9 +75,9 @@ from mesh.market import (
     pack_verdicts,
     vote_commitment,
 )
-from mesh.protocol import Job, Sampling, canonical_json, output_hash, pack_tokens
-from provider.claims import Claim, ClaimKeeper
-from provider.court import CourtKeeper
+from meshmarket.mesh.protocol import Job, Sampling, canonical_json, output_hash, pack_tokens
+from meshmarket.provider.claims import Claim, ClaimKeeper
+from meshmarket.provider.court import CourtKeeper
 
 P = MarketParams()
 MESH = 1_000_000  # base units per MESH
@@ -185,8 +185,8 @@ class World:
 
 def start_world(url: str) -> World:
     """tests/conftest.py's market_session, on the chain at `url`."""
-    from contracts.deploy import deploy
-    from mesh.chain import connect
+    from meshmarket.contracts.deploy import deploy
+    from meshmarket.mesh.chain import connect
 
     w3 = connect(url)
     deployer = dev_account(0)
@@ -1256,8 +1256,8 @@ def a6_locks_without_consent(m, work: Path) -> Measured:
 # ############################################################################# A7, A11 — reputation
 
 def _ledger(m, work: Path, name: str, local: LocalAccount):
-    from ledger import open_ledger
-    from ledger.indexer import Indexer
+    from meshmarket.ledger import open_ledger
+    from meshmarket.ledger.indexer import Indexer
 
     led = open_ledger(f"sqlite:///{work / name}")
     led.add_local_account(local.address)
@@ -1284,8 +1284,8 @@ def a7_laundering(m, work: Path, tokens: int = 0) -> Measured:
     group the attacker administers, and in the open market of a model nobody else serves (the draw
     can seat only them); then they offer the popular model. An honest node (consumer2, its own
     jobs among P0..P3) indexes everything with the ledger and scores with ledger.Reputation."""
-    from ledger import Reputation
-    from ledger.indexer import Indexer
+    from meshmarket.ledger import Reputation
+    from meshmarket.ledger.indexer import Indexer
 
     attacker = m.consumer
     with GasMeter(m) as gas:
@@ -1336,8 +1336,8 @@ def a11_smear(m, work: Path, keeper_up: bool = True) -> Measured:
     commit. With its keeper down for the whole claim window (`keeper_up` False: the victim breaks
     the liveness assumption), the attacker leaves it out and the chain shows it missing. An honest
     node (consumer2, its own jobs among P0..P3) indexes it and scores the victim."""
-    from ledger import Reputation
-    from ledger.indexer import Indexer
+    from meshmarket.ledger import Reputation
+    from meshmarket.ledger.indexer import Indexer
 
     attacker, victim = m.consumer, m.providers[0]
     honest = Honest(m, work, m.providers)
@@ -1405,10 +1405,10 @@ def _scripted_query(m, work: Path, roles: dict[int, str], honest: Honest):
 
     import trio
 
-    from consumer.ask import AskOptions, Asker, discover
-    from mesh.p2p import Node
-    from mesh.errors import ProtocolError
-    from mesh.protocol import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, TokenFrame
+    from meshmarket.consumer.ask import AskOptions, Asker, discover
+    from meshmarket.mesh.p2p import Node
+    from meshmarket.mesh.errors import ProtocolError
+    from meshmarket.mesh.protocol import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, TokenFrame
 
     m.mc.deregister(m.providers[3])
     consumer = m.consumer
@@ -2038,7 +2038,7 @@ def a21_void_jury_cartel(m, work: Path, consumer_checks: bool = True) -> Measure
     fall back on): a dispute is void. The defence is the consumer's: it refuses a pool that cannot
     seat a jury besides the seats (consumer.discovery.check_jury), before any transaction.
     `consumer_checks=False` plays a consumer that ignores the protocol's rule (what it then loses)."""
-    from consumer.discovery import check_jury, discover
+    from meshmarket.consumer.discovery import check_jury, discover
 
     consumer, p0, cartel = m.consumer2, m.providers[0], m.providers[1:3]
     if m.mc.account(m.providers[3].address)["listed"]:

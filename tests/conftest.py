@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import pytest
 from eth_utils import keccak
 
-from mesh.anvil import start_anvil
-from contracts.deploy import deploy
-from mesh.chain import Chain, connect
-from mesh.config import MarketParams
-from mesh.keys import dev_account
-from mesh.market import MarketClient
+from meshmarket.mesh.anvil import start_anvil
+from meshmarket.contracts.deploy import deploy
+from meshmarket.mesh.chain import Chain, connect
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import MarketClient
 
 MODEL = keccak(b"test-model.gguf")
 OTHER_MODEL = keccak(b"other-model.gguf")
@@ -148,7 +148,7 @@ def market(market_session):
 @pytest.fixture(scope="session")
 def engine():
     """The real llama.cpp engine on the shipped model, loaded once per test process."""
-    from provider.engine import LlamaCppEngine, default_model_path
+    from meshmarket.provider.engine import LlamaCppEngine, default_model_path
 
     eng = LlamaCppEngine(default_model_path(), n_ctx=2048, n_threads=1)
     yield eng
@@ -159,8 +159,8 @@ def engine():
 def served_session(anvil_node):
     """A deployment on the session's Anvil where dev:1..dev:4 offer the real model at PRICE (with
     real signed manifests) and dev:5, dev:6 are funded consumers: for in-process providers."""
-    from provider.engine import default_model_path
-    from provider.modelfile import file_sha256
+    from meshmarket.provider.engine import default_model_path
+    from meshmarket.provider.modelfile import file_sha256
     from tests.harness import Served, signed_manifest
 
     w3 = connect(anvil_node.url)
@@ -201,7 +201,7 @@ def meshnet():
     """A local market: its own Anvil, and provider processes started through the CLI in two pools
     (OPEN_POOL + SPARE in the open market, COURT in the "court" mesh). Tests open fresh jobs;
     nothing is reverted under them, and a test that changes a pool restores it."""
-    from cli.devnet import start_meshnet, temp_root
+    from meshmarket.cli.devnet import start_meshnet, temp_root
 
     prices = dict.fromkeys((*OPEN_POOL, SPARE, *COURT), 10)
     net = start_meshnet(temp_root(), prices, cheaters=(COURT_CHEATER,), extra=("--claim-poll", "0.5"),

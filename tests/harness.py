@@ -19,17 +19,17 @@ from pathlib import Path
 import trio
 from eth_account.signers.local import LocalAccount
 
-from consumer.client import run_job
-from mesh.chain import Chain
-from mesh.errors import ProviderFailed
-from mesh.keys import dev_account
-from mesh.market import MarketClient
-from mesh.p2p import Node
-from mesh.protocol import PROTOCOL_VERSION, Hardware, InferRequest, Job, Manifest, Sampling
-from provider.claims import ClaimKeeper
-from provider.engine import EngineSlot, build_of
-from provider.modelfile import manifest_for, model_info
-from provider.node import JobGate, ProviderService, ServedJobs
+from meshmarket.consumer.client import run_job
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ProviderFailed
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import MarketClient
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import PROTOCOL_VERSION, Hardware, InferRequest, Job, Manifest, Sampling
+from meshmarket.provider.claims import ClaimKeeper
+from meshmarket.provider.engine import EngineSlot, build_of
+from meshmarket.provider.modelfile import manifest_for, model_info
+from meshmarket.provider.node import JobGate, ProviderService, ServedJobs
 
 CONSUMER = dev_account(5)
 PRICE = 10
@@ -109,7 +109,7 @@ class Served:
 
 
 def signed_manifest(account: LocalAccount, model_path: str) -> Manifest:
-    from mesh.p2p import peer_id_for_key
+    from meshmarket.mesh.p2p import peer_id_for_key
 
     return manifest_for(model_info(model_path), price_per_token=PRICE, peer_id=peer_id_for_key(bytes(account.key)),
                         multiaddrs=("/ip4/127.0.0.1/tcp/1",), protocol_version=str(PROTOCOL_VERSION),
@@ -205,7 +205,7 @@ async def ask(node: Node, served: Served, p: Running, req: InferRequest, **kw):
 
 async def first_frame(node: Node, p: Running, wire: dict) -> dict:
     """Send a request as is (no client-side checks) and return the provider's first frame."""
-    from mesh.protocol import INFER_PROTOCOL
+    from meshmarket.mesh.protocol import INFER_PROTOCOL
 
     async with node.open_session(p.peer_id, p.addrs, INFER_PROTOCOL) as session:
         await session.send(wire)

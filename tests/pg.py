@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.anvil import free_port
+from meshmarket.mesh.anvil import free_port
 
 BINDIR_ENV = "MESH_PG_BINDIR"
 START_TIMEOUT_S = 30

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from contracts.compile import TARGETS, compile_all, source_digest, stale_artifacts
+from meshmarket.contracts.compile import TARGETS, compile_all, source_digest, stale_artifacts
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.src.name)
 def test_committed_artifacts_match_a_fresh_compile(target):
     fresh = compile_all(target)  # real solc (npm, WebAssembly) through py-solc-x
     assert set(fresh) == {name for _, name in target.contracts}
-    assert stale_artifacts(fresh, target) == [], "run `python -m contracts.compile` and commit the build/ directories"
+    assert stale_artifacts(fresh, target) == [], "run `python -m meshmarket.contracts.compile` and commit the build/ directories"
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.src.name)
@@ -23,3 +23,27 @@ def test_artifacts_record_the_source_digest(target):
         art = json.loads((target.build / f"{name}.json").read_text())
         assert art["sourceDigest"] == digest, f"{name} was built from other sources"
         assert art["bytecode"].startswith("0x") and len(art["bytecode"]) > 100
+
+
+def test_the_wheel_installs_one_top_level_name(tmp_path):
+    """Everything installs under `meshmarket` (pyproject's package-dir mapping): no generic top-level
+    name such as `mesh`, `cli` or `ledger` is put into site-packages, where it would shadow (or be
+    shadowed by) another distribution's. Data files ride along: artifacts, migrations, the explorer."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("meshmarket-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"meshmarket"}
+    for needed in ("meshmarket/contracts/build/JobMarket.json", "meshmarket/migrations/versions/0001_initial_schema.py",
+                   "meshmarket/migrations/env.py", "meshmarket/consumer/gateway/explorer/index.html",
+                   "meshmarket/cli/main.py"):
+        assert needed in names, f"{needed} missing from the wheel"
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "mesh = meshmarket.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import pytest
 
 import tests.attack_scenarios as sc
-from mesh.market import DRAW_WINDOW, OUTCOME_AGREED, OUTCOME_JUDGED, OUTCOME_PROVISIONAL
+from meshmarket.mesh.market import DRAW_WINDOW, OUTCOME_AGREED, OUTCOME_JUDGED, OUTCOME_PROVISIONAL
 from tests.conftest import FUNDS, MODEL, PRICE, STAKE
 
 P = sc.P

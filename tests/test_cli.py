@@ -12,9 +12,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from mesh.anvil import free_port, start_anvil
-from cli.main import main
-from mesh.keys import dev_account
+from meshmarket.mesh.anvil import free_port, start_anvil
+from meshmarket.cli.main import main
+from meshmarket.mesh.keys import dev_account
 
 
 def run(*args, env=None, input=None):
@@ -112,7 +112,7 @@ def test_wrong_keystore_password_refused(fresh_anvil, mesh_home):
 def test_chain_up_detach_and_down(mesh_home):
     port = free_port()
     env = {**os.environ, "MESH_HOME": str(mesh_home)}
-    up = subprocess.run([sys.executable, "-m", "cli", "chain", "up", "--port", str(port), "--detach"],
+    up = subprocess.run([sys.executable, "-m", "meshmarket.cli", "chain", "up", "--port", str(port), "--detach"],
                         env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
     assert up.stdout.strip() == f"http://127.0.0.1:{port}"
@@ -168,7 +168,7 @@ def _home(mesh_home, name: str, monkeypatch) -> None:
 def test_chain_up_host_block_time_and_json(mesh_home):
     port = free_port()
     env = {**os.environ, "MESH_HOME": str(mesh_home)}
-    up = subprocess.run([sys.executable, "-m", "cli", "chain", "up", "--host", "0.0.0.0", "--port", str(port),
+    up = subprocess.run([sys.executable, "-m", "meshmarket.cli", "chain", "up", "--host", "0.0.0.0", "--port", str(port),
                          "--block-time", "1", "--detach", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
     try:
@@ -195,7 +195,7 @@ def test_contracts_deploy_finds_the_chain_chain_up_runs(mesh_home):
     """README: `mesh chain up --port N` then `mesh contracts deploy` (no --rpc) deploys there."""
     port = free_port()
     env = {**os.environ, "MESH_HOME": str(mesh_home)}
-    up = subprocess.run([sys.executable, "-m", "cli", "chain", "up", "--port", str(port), "--detach"],
+    up = subprocess.run([sys.executable, "-m", "meshmarket.cli", "chain", "up", "--port", str(port), "--detach"],
                         env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
     try:
@@ -243,7 +243,7 @@ def test_market_join_finds_checks_and_records(fresh_anvil, mesh_home, monkeypatc
 
 
 def fresh_anvil_mine(url: str) -> None:
-    from mesh.anvil import rpc_call
+    from meshmarket.mesh.anvil import rpc_call
 
     rpc_call(url, "evm_mine")
 
@@ -313,9 +313,9 @@ def test_provider_deregister_and_status_of_unregistered(fresh_anvil, mesh_home):
 def test_deregister_refused_while_stake_is_locked_by_a_contest(fresh_anvil, mesh_home):
     from eth_utils import keccak
 
-    from mesh.chain import Chain
-    from mesh.config import Deployment
-    from mesh.market import MarketClient, ResultClaim
+    from meshmarket.mesh.chain import Chain
+    from meshmarket.mesh.config import Deployment
+    from meshmarket.mesh.market import MarketClient, ResultClaim
 
     _deploy(fresh_anvil.url)
     run("token", "faucet", *(dev_account(i).address for i in (1, 2, 3, 5)))
@@ -340,7 +340,7 @@ def test_deregister_refused_while_stake_is_locked_by_a_contest(fresh_anvil, mesh
 
 
 def test_prices_parse_and_print_one_way(fresh_anvil, mesh_home):
-    from mesh.types import format_price, parse_price
+    from meshmarket.mesh.types import format_price, parse_price
 
     assert parse_price("10") == parse_price("10u") == parse_price("0.00001/token") == 10
     assert parse_price(format_price(1234)) == 1234 and format_price(10) == "10 MESH/1M tokens"
@@ -376,7 +376,7 @@ def test_deposit_and_settle_run_without_account_flag(fresh_anvil, mesh_home, mon
 def _start_provider(home, index: int, url: str):
     """`mesh provider start` as its own process; returns it once it says ready."""
     env = {**os.environ, "MESH_HOME": str(home), "MESH_RPC_URL": url, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "provider", "start", "--account", f"dev:{index}"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "meshmarket.cli", "provider", "start", "--account", f"dev:{index}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     lines = []
     for line in proc.stdout:
@@ -388,9 +388,9 @@ def _start_provider(home, index: int, url: str):
 
 
 def test_models_names_and_full_hash_and_explains_rejected_manifests(fresh_anvil, mesh_home, monkeypatch):
-    from cli.consumer import _model_hash
-    from provider.engine import default_model_path
-    from provider.modelfile import file_sha256
+    from meshmarket.cli.consumer import _model_hash
+    from meshmarket.provider.engine import default_model_path
+    from meshmarket.provider.modelfile import file_sha256
 
     _deploy(fresh_anvil.url)
     run("token", "faucet", dev_account(1).address)
@@ -458,7 +458,7 @@ def test_readme_quick_start_runs_as_written(mesh_home):
                     for i, a in enumerate(args)]
             if args[1:3] == ["chain", "up"]:
                 args += ["--port", str(free_port())]
-            argv = [sys.executable, "-m", "cli", *args[1:]]
+            argv = [sys.executable, "-m", "meshmarket.cli", *args[1:]]
             if detach:  # started at once; ready is awaited before the next command in the foreground
                 background.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                    text=True, stdin=subprocess.DEVNULL))
@@ -475,7 +475,7 @@ def test_readme_quick_start_runs_as_written(mesh_home):
             proc.terminate()
         for proc in background:
             proc.wait(30)
-        subprocess.run([sys.executable, "-m", "cli", "chain", "down"], env=env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "meshmarket.cli", "chain", "down"], env=env, capture_output=True, timeout=60)
 
 
 def _ready(proc: subprocess.Popen) -> None:

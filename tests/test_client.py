@@ -10,13 +10,13 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from consumer.client import run_job
-from consumer.query import compare
-from mesh.errors import ProviderFailed
-from mesh.keys import dev_account
-from mesh.market import RESULT_TYPES, ResultClaim, result_domain
-from mesh.p2p import Node
-from mesh.protocol import (
+from meshmarket.consumer.client import run_job
+from meshmarket.consumer.query import compare
+from meshmarket.mesh.errors import ProviderFailed
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import RESULT_TYPES, ResultClaim, result_domain
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import (
     INFER_PROTOCOL,
     ZERO_ADDRESS,
     InferRequest,

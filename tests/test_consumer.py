@@ -17,14 +17,14 @@ import time
 
 import pytest
 
-from consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
-from consumer.discovery import check_jury
-from consumer.journal import Journal
-from mesh.errors import QueryError
-from mesh.keys import dev_account
-from mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, ZERO32, group_id, job_state
-from mesh.protocol import Sampling
-from provider.engine import build_of
+from meshmarket.consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
+from meshmarket.consumer.discovery import check_jury
+from meshmarket.consumer.journal import Journal
+from meshmarket.mesh.errors import QueryError
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, ZERO32, group_id, job_state
+from meshmarket.mesh.protocol import Sampling
+from meshmarket.provider.engine import build_of
 from tests.conftest import COURT, COURT_CHEATER, OPEN_POOL, SPARE
 
 JURORS = OPEN_POOL
@@ -212,14 +212,14 @@ def _cli(net, home, *args, timeout=180):
     home.mkdir(parents=True, exist_ok=True)
     net.deployment.save(home / "deployment.json")
     env = {**net.env(home), "MESH_PASSWORD": "pw"}
-    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "meshmarket.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def _import(net, home, acct):
     home.mkdir(parents=True, exist_ok=True)
     env = {**net.env(home), "MESH_PASSWORD": "pw", "MESH_KDF_N": "16"}
-    subprocess.run([sys.executable, "-m", "cli", "account", "import"], input=acct.key.hex() + "\n", env=env,
+    subprocess.run([sys.executable, "-m", "meshmarket.cli", "account", "import"], input=acct.key.hex() + "\n", env=env,
                    capture_output=True, text=True, check=True, timeout=60)
 
 

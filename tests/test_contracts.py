@@ -30,11 +30,11 @@ from eth_utils import keccak, to_checksum_address
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
 from web3.logs import DISCARD
 
-from contracts.deploy import deploy
-from mesh.config import MarketParams
-from mesh.errors import ChainError, ContractReverted
-from mesh.keys import dev_account
-from mesh.market import (
+from meshmarket.contracts.deploy import deploy
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.errors import ChainError, ContractReverted
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import (
     CLOSED,
     CONTEST_ABI,
     HARD,
@@ -51,7 +51,7 @@ from mesh.market import (
     pack_verdicts,
     vote_commitment,
 )
-from mesh.protocol import Job, output_hash, pack_tokens
+from meshmarket.mesh.protocol import Job, output_hash, pack_tokens
 from tests.conftest import FUNDS, MODEL, OTHER_MODEL, PRICE, STAKE
 
 P = MarketParams()
@@ -2371,10 +2371,10 @@ def hostile(market):
     """A market deployed on HostileToken (calls back into a target on every transfer), with the four
     providers registered and staked and the consumer funded."""
     m = market
-    from contracts.compile import TESTS
-    from contracts.deploy import deploy_contract
-    from mesh.chain import Chain
-    from mesh.market import MarketClient
+    from meshmarket.contracts.compile import TESTS
+    from meshmarket.contracts.deploy import deploy_contract
+    from meshmarket.mesh.chain import Chain
+    from meshmarket.mesh.market import MarketClient
 
     art = json.loads((TESTS.build / "HostileToken.json").read_text())
     token_addr, _ = deploy_contract(m.chain.w3, m.deployer, art)

@@ -38,20 +38,20 @@ import trio
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from consumer.ask import AskOptions, Asker, discover, settle_pending
-from consumer.journal import Journal
-from contracts.deploy import deploy
-from mesh.anvil import free_port, start_anvil
-from mesh.chain import Chain, connect
-from mesh.config import Deployment, MarketParams
-from mesh.keys import dev_account
-from mesh.market import OUTCOMES, MarketClient, job_state
-from mesh.p2p import Node, peer_id_for_key
-from mesh.protocol import Manifest
-from provider.claims import Claim, ClaimKeeper
-from provider.engine import LlamaCppEngine, default_model_path
-from provider.modelfile import file_sha256
-from provider.node import JobGate, ProviderService, ServedJobs
+from meshmarket.consumer.ask import AskOptions, Asker, discover, settle_pending
+from meshmarket.consumer.journal import Journal
+from meshmarket.contracts.deploy import deploy
+from meshmarket.mesh.anvil import free_port, start_anvil
+from meshmarket.mesh.chain import Chain, connect
+from meshmarket.mesh.config import Deployment, MarketParams
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import OUTCOMES, MarketClient, job_state
+from meshmarket.mesh.p2p import Node, peer_id_for_key
+from meshmarket.mesh.protocol import Manifest
+from meshmarket.provider.claims import Claim, ClaimKeeper
+from meshmarket.provider.engine import LlamaCppEngine, default_model_path
+from meshmarket.provider.modelfile import file_sha256
+from meshmarket.provider.node import JobGate, ProviderService, ServedJobs
 
 PROVIDERS = (1, 2, 3, 4)
 #: Registered and staked, not running, and priced above the cap (never a seat): a jury can be drawn

@@ -34,7 +34,7 @@ def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
 def test_demo_end_to_end_shows_the_cheater_judged_and_slashed(mesh_home, tmp_path):
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "w") as o, open(err, "w") as e:  # files, not pipes: nothing blocks the demo
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "16",
+        proc = subprocess.Popen([sys.executable, "-m", "meshmarket.cli", "demo", "--max-tokens", "16",
                                  "--question", "What is two plus two?", "--question", "Name a colour."],
                                 stdout=o, stderr=e, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
         started: set[int] = set()
@@ -61,7 +61,7 @@ def test_demo_end_to_end_shows_the_cheater_judged_and_slashed(mesh_home, tmp_pat
 
 
 def test_demo_ctrl_c_shuts_everything_down(mesh_home):
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "demo", "--max-tokens", "64"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "meshmarket.cli", "demo", "--max-tokens", "64"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "MESH_HOME": str(mesh_home)})
     lines = []
     assert proc.stdout is not None

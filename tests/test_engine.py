@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from mesh.errors import ContextOverflowError, ManifestError
-from mesh.protocol import PROTOCOL_VERSION, Hardware, Manifest, Sampling, StopScanner, output_hash
-from provider.engine import (
+from meshmarket.mesh.errors import ContextOverflowError, ManifestError
+from meshmarket.mesh.protocol import PROTOCOL_VERSION, Hardware, Manifest, Sampling, StopScanner, output_hash
+from meshmarket.provider.engine import (
     FLASH_ATTN,
     N_BATCH,
     N_UBATCH,
@@ -27,8 +27,8 @@ from provider.engine import (
     build_of,
     default_model_path,
 )
-from provider.modelfile import manifest_for, model_info
-from provider.runtime import build_manifest
+from meshmarket.provider.modelfile import manifest_for, model_info
+from meshmarket.provider.runtime import build_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -81,10 +81,10 @@ def test_different_seeds_can_differ(engine: LlamaCppEngine) -> None:
 
 _CHILD = """
 import json, sys
-from mesh.protocol import Sampling
-from provider.engine import LlamaCppEngine, default_model_path
+from meshmarket.mesh.protocol import Sampling
+from meshmarket.provider.engine import LlamaCppEngine, default_model_path
 engine = LlamaCppEngine(default_model_path(), n_ctx=2048, n_threads=1)
-from provider.engine import build_of
+from meshmarket.provider.engine import build_of
 result = engine.generate(Sampling.parse(json.loads(sys.argv[1]))).run()
 print(json.dumps({"text": result.text, "hash": result.output_hash.hex(), "tokens": list(result.tokens),
                   "build": engine.build.fingerprint, "build_of": build_of().fingerprint}))

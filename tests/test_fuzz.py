@@ -24,10 +24,10 @@ from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.errors import P2PError, ProtocolError
-from mesh.keys import dev_account
-from mesh.p2p import MAX_DEPTH, Node, decode_body
-from mesh.protocol import (
+from meshmarket.mesh.errors import P2PError, ProtocolError
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.p2p import MAX_DEPTH, Node, decode_body
+from meshmarket.mesh.protocol import (
     ERROR_CODES,
     INFER_PROTOCOL,
     MANIFEST_PROTOCOL,

@@ -27,15 +27,15 @@ from pathlib import Path
 import openai
 import pytest
 
-from consumer.gateway.config import GatewayConfig
-from consumer.gateway.market import MarketSettings
-from consumer.gateway.thread import GatewayThread
-from consumer.journal import Journal
-from consumer.selection import Selector
-from mesh.chain import Chain
-from mesh.config import Deployment
-from mesh.market import job_state
-from mesh.protocol import Sampling
+from meshmarket.consumer.gateway.config import GatewayConfig
+from meshmarket.consumer.gateway.market import MarketSettings
+from meshmarket.consumer.gateway.thread import GatewayThread
+from meshmarket.consumer.journal import Journal
+from meshmarket.consumer.selection import Selector
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.config import Deployment
+from meshmarket.mesh.market import job_state
+from meshmarket.mesh.protocol import Sampling
 
 pytestmark = pytest.mark.xdist_group("processes")
 
@@ -84,13 +84,13 @@ def client(url: str, **kw) -> openai.OpenAI:
 
 def mesh(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "MESH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "meshmarket.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 
 def attach(chain: Chain):
     """A MeshNet object over the running devnet (for its funding and clock helpers)."""
-    from cli.devnet import MeshNet
+    from meshmarket.cli.devnet import MeshNet
 
     return MeshNet.attach(chain)
 
@@ -368,10 +368,10 @@ def test_daily_cap_and_a_failure_mid_stream(market, tmp_path):
 def test_ask_through_a_running_mesh_serve(market, tmp_path, capsys, monkeypatch):
     """`mesh serve` as a user runs it (dev:9, funded by `mesh devnet up`): it records itself, and
     `mesh ask`'s gateway path streams through it; SIGTERM stops it and removes the record."""
-    from cli.gateway import ask_via_gateway, running_gateway
+    from meshmarket.cli.gateway import ask_via_gateway, running_gateway
 
     env = {**os.environ, "MESH_HOME": str(market.home), "MESH_ACCOUNT": "dev:9"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", "0", "--max-price", str(CAP)],
+    proc = subprocess.Popen([sys.executable, "-m", "meshmarket.cli", "serve", "--port", "0", "--max-price", str(CAP)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     try:
         seen = []
@@ -452,7 +452,7 @@ class ScriptedBackend:
     async def complete(self, req, on_token):
         import trio
 
-        from consumer.gateway.backend import Completion, GatewayError
+        from meshmarket.consumer.gateway.backend import Completion, GatewayError
 
         self.calls += 1
         for i, piece in enumerate(self.pieces):
@@ -465,7 +465,7 @@ class ScriptedBackend:
                           receipt={"job_id": "0x" + "ef" * 32, "spent": 77}, system_fingerprint="fp_scripted")
 
     async def job(self, job_id: str) -> dict:
-        from consumer.gateway.backend import GatewayError
+        from meshmarket.consumer.gateway.backend import GatewayError
 
         raise GatewayError(404, "invalid_request_error", "job_not_found", "no such job", "job_id")
 
@@ -477,7 +477,7 @@ class ScriptedServer:
     """The Gateway app on hypercorn (consumer.gateway.serve) in a thread, on a free port."""
 
     def __init__(self, backend, **config) -> None:
-        from consumer.gateway.app import Gateway
+        from meshmarket.consumer.gateway.app import Gateway
 
         config.setdefault("max_price", 20)
         self.app = Gateway(backend, GatewayConfig(**config))
@@ -487,7 +487,7 @@ class ScriptedServer:
     def __enter__(self) -> ScriptedServer:
         import trio
 
-        from consumer.gateway.serve import serve
+        from meshmarket.consumer.gateway.serve import serve
 
         async def main() -> None:
             self._stop = trio.Event()
@@ -584,8 +584,8 @@ def test_http_refusals_limits_and_the_explorer_files():
 def test_an_api_key_is_required_everywhere_when_set():
     import base64
 
-    from consumer.gateway.serve import check_bind
-    from mesh.errors import ConfigError
+    from meshmarket.consumer.gateway.serve import check_bind
+    from meshmarket.mesh.errors import ConfigError
 
     key = "k" * 24
     with ScriptedServer(ScriptedBackend(), api_key=key) as s:
@@ -605,7 +605,7 @@ def test_an_api_key_is_required_everywhere_when_set():
 
 
 def test_stream_policy_never_shows_a_lone_seats_text():
-    from consumer.gateway.streaming import StreamPolicy
+    from meshmarket.consumer.gateway.streaming import StreamPolicy
 
     p = StreamPolicy("agreed")
     assert p.feed(2, "A SKY IS BLUE [x]") == ""  # a cheater alone shows nothing
@@ -619,8 +619,8 @@ def test_stream_policy_never_shows_a_lone_seats_text():
 
 
 def test_spending_guard_day_rollover_and_restart(tmp_path):
-    from consumer.gateway.backend import GatewayError
-    from consumer.gateway.spending import SpendingGuard
+    from meshmarket.consumer.gateway.backend import GatewayError
+    from meshmarket.consumer.gateway.spending import SpendingGuard
 
     now = [1_700_000_000.0]  # 2023-11-14 22:13 UTC
     path = tmp_path / "spending.json"

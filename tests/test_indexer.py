@@ -18,18 +18,18 @@ from click.testing import CliRunner
 from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
-from ledger import ChainIdentity, RegistryParams, open_ledger
-from ledger.indexer import MARKET_EVENTS, REGISTRY_EVENTS, EventDecoder, Indexer
-from ledger.outcomes import OPEN_MARKET
-from ledger.records import checksum
-from mesh.anvil import start_anvil
-from contracts.deploy import deploy, get_create_address
-from mesh.chain import Chain, connect
-from mesh.config import MarketParams
-from mesh.errors import LedgerError
-from mesh.keys import dev_account
-from mesh.market import HARD, PASS, ResultClaim, commitment, pack_verdicts, vote_commitment
-from mesh.protocol import output_hash, pack_tokens
+from meshmarket.ledger import ChainIdentity, RegistryParams, open_ledger
+from meshmarket.ledger.indexer import MARKET_EVENTS, REGISTRY_EVENTS, EventDecoder, Indexer
+from meshmarket.ledger.outcomes import OPEN_MARKET
+from meshmarket.ledger.records import checksum
+from meshmarket.mesh.anvil import start_anvil
+from meshmarket.contracts.deploy import deploy, get_create_address
+from meshmarket.mesh.chain import Chain, connect
+from meshmarket.mesh.config import MarketParams
+from meshmarket.mesh.errors import LedgerError
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import HARD, PASS, ResultClaim, commitment, pack_verdicts, vote_commitment
+from meshmarket.mesh.protocol import output_hash, pack_tokens
 from tests.conftest import FUNDS, MODEL, PRICE, STAKE
 from tests.pg import ledger_url, pg_cluster, pg_url  # noqa: F401 — fixtures
 
@@ -418,8 +418,8 @@ def home_ledger(mesh_home, monkeypatch):
 
 
 def cli(*args):
-    from cli.main import MeshGroup
-    from cli.ledger import ledger
+    from meshmarket.cli.main import MeshGroup
+    from meshmarket.cli.ledger import ledger
 
     root = MeshGroup(commands={"ledger": ledger})
     return CliRunner().invoke(root, ["ledger", *args], catch_exceptions=False)

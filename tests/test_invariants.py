@@ -131,15 +131,15 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 
-from mesh.errors import ContractReverted
-from mesh.keys import dev_account
-from mesh.market import (HARD, PASS, SOFT, Contest, MarketClient, ResultClaim, commitment, compact_signature,
+from meshmarket.mesh.errors import ContractReverted
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import (HARD, PASS, SOFT, Contest, MarketClient, ResultClaim, commitment, compact_signature,
                          vote_commitment)
-from mesh.protocol import Job, output_hash, pack_tokens
-from contracts.deploy import deploy, deploy_contract, get_create_address
-from mesh.anvil import DEV_MNEMONIC, AnvilProcess, find_anvil, free_port, rpc_call
-from mesh.chain import CONTRACT_NAMES, Chain, connect
-from mesh.config import Deployment, MarketParams
+from meshmarket.mesh.protocol import Job, output_hash, pack_tokens
+from meshmarket.contracts.deploy import deploy, deploy_contract, get_create_address
+from meshmarket.mesh.anvil import DEV_MNEMONIC, AnvilProcess, find_anvil, free_port, rpc_call
+from meshmarket.mesh.chain import CONTRACT_NAMES, Chain, connect
+from meshmarket.mesh.config import Deployment, MarketParams
 from tests.conftest import FUNDS, MODEL, OTHER_MODEL, Market
 from tests.conftest import PRICE as FIXTURE_PRICE
 from tests.conftest import STAKE as FIXTURE_STAKE

@@ -20,13 +20,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from ledger import ChainEvent, ChainIdentity, RegistryParams, open_ledger
-from ledger.migrate import downgrade, head_revision, upgrade
-from ledger.models import Base
-from ledger.outcomes import OPEN_MARKET, Settlement, seat_outcomes, tally
-from ledger.records import checksum
-from mesh.errors import LedgerError
-from mesh.market import HARD, PASS, SOFT, pack_verdicts
+from meshmarket.ledger import ChainEvent, ChainIdentity, RegistryParams, open_ledger
+from meshmarket.ledger.migrate import downgrade, head_revision, upgrade
+from meshmarket.ledger.models import Base
+from meshmarket.ledger.outcomes import OPEN_MARKET, Settlement, seat_outcomes, tally
+from meshmarket.ledger.records import checksum
+from meshmarket.mesh.errors import LedgerError
+from meshmarket.mesh.market import HARD, PASS, SOFT, pack_verdicts
 from tests.pg import ledger_url, pg_cluster, pg_url  # noqa: F401 — fixtures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_migrations_match_models(ledger_url):  # noqa: F811
     try:
         with led.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-        assert diff == [], f"migrations and models differ; write a new version (python -m ledger.migrate revision " \
+        assert diff == [], f"migrations and models differ; write a new version (python -m meshmarket.ledger.migrate revision " \
                            f"--autogenerate -m ...): {diff}"
     finally:
         led.close()
@@ -638,7 +638,7 @@ def test_peers_and_manifests(led):
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from ledger import open_ledger
+    from meshmarket.ledger import open_ledger
     led = open_ledger({url!r})
     who, n = sys.argv[1], int(sys.argv[2])
     for i in range(n):
@@ -675,7 +675,7 @@ def test_two_processes_and_this_one_write_at_once(ledger_url, tmp_path):  # noqa
 
 def test_fresh_ledger_opened_by_two_processes_migrates_once(ledger_url, tmp_path):  # noqa: F811
     script = tmp_path / "opener.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom ledger import open_ledger\n"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom meshmarket.ledger import open_ledger\n"
                       f"open_ledger({ledger_url!r}).close()\n")
     procs = [subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.keys import dev_account
+from meshmarket.mesh.keys import dev_account
 
 #: The suite's provider processes run one after another on one worker (tests/conftest.py).
 pytestmark = pytest.mark.xdist_group("processes")
@@ -89,7 +89,7 @@ class Machines:
         return {**env, "MESH_HOME": str(self.home[role]), "PYTHONUNBUFFERED": "1", **extra}
 
     def argv(self, role: str, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[role], sys.executable, "-m", "cli", *args]
+        return ["ip", "netns", "exec", self.ns[role], sys.executable, "-m", "meshmarket.cli", *args]
 
     def mesh(self, role: str, *args: str, **env: str) -> str:
         """`mesh ARGS` on that machine; its stdout (a failure shows both streams)."""

@@ -39,7 +39,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from mesh.p2p import (
+from meshmarket.mesh.p2p import (
     LIBP2P_CHECKED,
     LIBP2P_PATCHED,
     MAX_DEPTH,
@@ -64,7 +64,7 @@ from mesh.p2p import (
     write_frame,
     _PeerStore,
 )
-from mesh.errors import ProtocolError
+from meshmarket.mesh.errors import ProtocolError
 
 ECHO = "/meshmarket/test-echo/1.0.0"
 TEST_DEADLINE = 20.0
@@ -734,8 +734,8 @@ def test_protocol_doc_states_the_limits_codes_and_timeouts_in_force() -> None:
     import re
     from pathlib import Path
 
-    from mesh.protocol import ERROR_CODES, MAX_MANIFEST_REQUEST_FRAME, MAX_REQUEST_FRAME
-    from provider.node import REQUEST_TIMEOUT, SEND_TIMEOUT
+    from meshmarket.mesh.protocol import ERROR_CODES, MAX_MANIFEST_REQUEST_FRAME, MAX_REQUEST_FRAME
+    from meshmarket.provider.node import REQUEST_TIMEOUT, SEND_TIMEOUT
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text().split("## Part 2")[1]
     table = set(re.findall(r"^\| `(\w+)` \|", doc.split("### Error codes")[1], re.M))
@@ -984,7 +984,7 @@ async def fresh_peer_cycles(peer_id: str, addrs: list[str], n: int, concurrency:
     and verify the provider's manifest, then stop; at most `concurrency` at once."""
     import os
 
-    from consumer.client import fetch_manifest
+    from meshmarket.consumer.client import fetch_manifest
 
     tally: dict[str, Any] = {"ok": 0, "errors": {}}
     limiter = trio.CapacityLimiter(concurrency)
@@ -1044,8 +1044,8 @@ def _children_cpu() -> float:
 def test_a_provider_serves_a_paid_job_after_more_than_1000_fresh_peers(served, engine, tmp_path) -> None:
     """The issue's fault: after ~250 connections in its life a provider refused everyone. Here
     1,050 fresh consumers fetch its manifest, then it serves a paid job (opened, drawn, verified)."""
-    from mesh.keys import dev_account
-    from mesh.protocol import InferRequest, Sampling
+    from meshmarket.mesh.keys import dev_account
+    from meshmarket.mesh.protocol import InferRequest, Sampling
     from tests.harness import CONSUMER, ask, providers
 
     s = Sampling(messages=(("user", "Name one colour."),), max_tokens=4)

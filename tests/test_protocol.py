@@ -17,8 +17,8 @@ from eth_account.messages import encode_defunct
 from eth_utils import keccak
 from hypothesis import given, settings, strategies as st
 
-from mesh.errors import ManifestError, ProtocolError
-from mesh.protocol import (
+from meshmarket.mesh.errors import ManifestError, ProtocolError
+from meshmarket.mesh.protocol import (
     ERROR_CODES,
     MAX_PROMPT_BYTES,
     MAX_SEED,
@@ -370,8 +370,8 @@ def test_json_schemas_in_docs_are_generated_from_the_code():
     assert set(schemas) == set(MESSAGES)
     for name, schema in schemas.items():
         path = SCHEMAS / f"{name}.json"
-        assert path.exists(), f"missing {path}: run `python -m mesh.protocol --write-schemas`"
-        assert json.loads(path.read_text()) == schema, f"{path} is stale: run `python -m mesh.protocol --write-schemas`"
+        assert path.exists(), f"missing {path}: run `python -m meshmarket.mesh.protocol --write-schemas`"
+        assert json.loads(path.read_text()) == schema, f"{path} is stale: run `python -m meshmarket.mesh.protocol --write-schemas`"
     # What a third-party provider got wrong once: gpu_name is a string, "" without a GPU, never null.
     hw = schemas["manifest"]["$defs"]["Hardware"]["properties"]["gpu_name"]
     assert hw["type"] == "string"

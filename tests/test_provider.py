@@ -23,12 +23,12 @@ import trio
 from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from consumer.client import fetch_manifest, run_job
-from mesh.errors import ProviderFailed
-from mesh.keys import dev_account
-from mesh.market import OUTCOME_AGREED
-from mesh.p2p import Node
-from mesh.protocol import (
+from meshmarket.consumer.client import fetch_manifest, run_job
+from meshmarket.mesh.errors import ProviderFailed
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import OUTCOME_AGREED
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import (
     INFER_PROTOCOL,
     PROTOCOL_VERSION,
     ZERO_ADDRESS,
@@ -39,10 +39,10 @@ from mesh.protocol import (
     output_hash,
     unpack_tokens,
 )
-from mesh.types import format_amount
-from provider.claims import Claim, ClaimKeeper
-from provider.engine import build_of
-from provider.node import ServedJobs
+from meshmarket.mesh.types import format_amount
+from meshmarket.provider.claims import Claim, ClaimKeeper
+from meshmarket.provider.engine import build_of
+from meshmarket.provider.node import ServedJobs
 from tests.harness import PRICE, ask, first_frame, providers
 
 CONSUMER = dev_account(5)
@@ -639,7 +639,7 @@ def test_provider_cli_status_earnings_unstake_withdraw(meshnet):
     net.mc.settle(consumer, job, [a.claim for a in answers])
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cli", "provider", *args, "--account", f"dev:{p.index}"],
+        return subprocess.run([sys.executable, "-m", "meshmarket.cli", "provider", *args, "--account", f"dev:{p.index}"],
                               env=net.env(p.home), capture_output=True, text=True, timeout=120)
 
     st = json.loads(cli("status", "--json").stdout)

@@ -19,13 +19,13 @@ from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import Reputation, ReputationPolicy, doubts, open_ledger
-from ledger.indexer import Indexer
-from ledger.outcomes import FULL_JOB_TOKENS, OPEN_MARKET, evidence_of, work_weight
-from ledger.reputation import DEFAULT_POLICY, Evidence, Score, decay, rank, score
-from mesh.errors import ContractReverted
-from mesh.keys import dev_account
-from mesh.market import PASS, ResultClaim, commitment, pack_verdicts
+from meshmarket.ledger import Reputation, ReputationPolicy, doubts, open_ledger
+from meshmarket.ledger.indexer import Indexer
+from meshmarket.ledger.outcomes import FULL_JOB_TOKENS, OPEN_MARKET, evidence_of, work_weight
+from meshmarket.ledger.reputation import DEFAULT_POLICY, Evidence, Score, decay, rank, score
+from meshmarket.mesh.errors import ContractReverted
+from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.market import PASS, ResultClaim, commitment, pack_verdicts
 from tests.conftest import FUNDS, MODEL, PRICE, STAKE
 from tests.pg import ledger_url, pg_cluster, pg_url  # noqa: F401 — fixtures
 from tests.test_ledger import CONSUMER, IDENTITY, OTHER_CONSUMER, P, PARAMS, PRIVATE, EventChain, h
@@ -304,7 +304,7 @@ def test_at_most_one_unproven_provider_per_job():
     no rule can keep two unproven providers out of one job; what the consumer does instead
     (consumer/selection.py) is never take their majority against a provider it trusts without
     another opinion: it adds a seat, or disputes. P0..P2 are proven (this node's jobs), P5..P7 not."""
-    from consumer.selection import Selector
+    from meshmarket.consumer.selection import Selector
 
     led, _ = ledger_with_honest_market(start_time=int(time.time()) - 60)  # the selector scores at time.time()
     sel = Selector(None, led)

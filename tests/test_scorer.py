@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from eth_utils import keccak
 
-from mesh.market import HARD, PASS
-from mesh.protocol import Sampling
-from provider import engine as engine_module
-from provider.engine import GenerationResult, LlamaCppEngine, default_model_path
-from provider.judge import LazyJudge, ScorerJudge, spell
-from provider.scorer import FinishReason, Rule, Scorer, decide, mt19937_uniforms, replay_row, replay_slack
+from meshmarket.mesh.market import HARD, PASS
+from meshmarket.mesh.protocol import Sampling
+from meshmarket.provider import engine as engine_module
+from meshmarket.provider.engine import GenerationResult, LlamaCppEngine, default_model_path
+from meshmarket.provider.judge import LazyJudge, ScorerJudge, spell
+from meshmarket.provider.scorer import FinishReason, Rule, Scorer, decide, mt19937_uniforms, replay_row, replay_slack
 
 QUESTION = "What is 12 times 7?"
 GREEDY = Sampling(messages=[("user", QUESTION)], max_tokens=48)

@@ -39,12 +39,12 @@ from typing import Any
 
 import trio
 
-from consumer.gateway.backend import Backend, Completion, CompletionRequest, GatewayError
-from consumer.gateway.config import GatewayConfig
-from consumer.gateway.http import (SSE_DONE, ClientGone, Exchange, Receive, Scope, Send, host_of, internal,
+from meshmarket.consumer.gateway.backend import Backend, Completion, CompletionRequest, GatewayError
+from meshmarket.consumer.gateway.config import GatewayConfig
+from meshmarket.consumer.gateway.http import (SSE_DONE, ClientGone, Exchange, Receive, Scope, Send, host_of, internal,
                                    is_loopback_host, json_safe, sse)
-from consumer.gateway.schema import ChunkMaker, full_response, new_id, parse_chat, parse_completion, parse_json_body
-from consumer.gateway.spending import SpendingGuard
+from meshmarket.consumer.gateway.schema import ChunkMaker, full_response, new_id, parse_chat, parse_completion, parse_json_body
+from meshmarket.consumer.gateway.spending import SpendingGuard
 
 log = logging.getLogger("meshmarket.gateway")
 
@@ -95,7 +95,7 @@ class Gateway:
     @staticmethod
     def _load_static() -> dict[str, tuple[bytes, str, str]]:
         out = {}
-        root = resources.files("consumer.gateway").joinpath("explorer")
+        root = resources.files("meshmarket.consumer.gateway").joinpath("explorer")
         for path, (name, ctype) in _STATIC.items():
             data = root.joinpath(name).read_bytes()
             out[path] = (data, ctype, '"' + hashlib.sha256(data).hexdigest()[:16] + '"')

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from mesh.errors import MeshError
+from meshmarket.mesh.errors import MeshError
 
 #: The backend calls this for every piece of text it can release, in order, from the gateway's trio
 #: loop, without waiting (the gateway queues the piece; a slow client never stalls the market).

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from consumer.client import fetch_manifest
-from consumer.discovery import Offer, discover
-from mesh.chain import Chain
-from mesh.errors import MeshError
-from mesh.p2p import Node
-from mesh.protocol import Manifest
+from meshmarket.consumer.client import fetch_manifest
+from meshmarket.consumer.discovery import Offer, discover
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import MeshError
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import Manifest
 
 log = logging.getLogger("meshmarket.gateway")
 

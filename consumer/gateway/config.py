@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.protocol import (MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_SEED, MAX_STOP_CHARS, MAX_STOPS,
+from meshmarket.mesh.protocol import (MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_SEED, MAX_STOP_CHARS, MAX_STOPS,
                            MAX_TEMPERATURE_MILLI, MAX_TOKENS, SEATS)
 
 

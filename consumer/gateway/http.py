@@ -17,9 +17,9 @@ from typing import Any
 
 import trio
 
-from consumer.gateway.backend import GatewayError
-from consumer.gateway.schema import bad
-from consumer.gateway.spending import Reservation
+from meshmarket.consumer.gateway.backend import GatewayError
+from meshmarket.consumer.gateway.schema import bad
+from meshmarket.consumer.gateway.spending import Reservation
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]

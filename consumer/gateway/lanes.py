@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import threading
 
-from mesh.chain import Chain
-from mesh.market import MarketClient
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.market import MarketClient
 
 
 class SerialChain(Chain):

@@ -29,22 +29,22 @@ from dataclasses import dataclass
 import trio
 from eth_account.signers.local import LocalAccount
 
-from consumer.ask import AskOptions, Asker
-from consumer.gateway.backend import Completion, CompletionRequest, GatewayError, OnToken
-from consumer.gateway.catalog import Catalog, ModelEntry
-from consumer.gateway.lanes import QueryMarket, SerialChain
-from consumer.gateway.receipts import (estimate_prompt_tokens, outcome_error, receipt_json, to_completion)
-from consumer.gateway.snapshot import Snapshots, job_json
-from consumer.gateway.streaming import StreamMode, StreamPolicy
-from consumer.journal import Journal, PendingJob
-from consumer.receipt import Receipt
-from consumer.selection import Selector
-from consumer.settlement import settle_pending
-from mesh.chain import Chain
-from mesh.errors import ChainError, ContractReverted, MeshError, ProtocolError, QueryError
-from mesh.market import ZERO32, job_state
-from mesh.p2p import Node
-from mesh.protocol import Sampling
+from meshmarket.consumer.ask import AskOptions, Asker
+from meshmarket.consumer.gateway.backend import Completion, CompletionRequest, GatewayError, OnToken
+from meshmarket.consumer.gateway.catalog import Catalog, ModelEntry
+from meshmarket.consumer.gateway.lanes import QueryMarket, SerialChain
+from meshmarket.consumer.gateway.receipts import (estimate_prompt_tokens, outcome_error, receipt_json, to_completion)
+from meshmarket.consumer.gateway.snapshot import Snapshots, job_json
+from meshmarket.consumer.gateway.streaming import StreamMode, StreamPolicy
+from meshmarket.consumer.journal import Journal, PendingJob
+from meshmarket.consumer.receipt import Receipt
+from meshmarket.consumer.selection import Selector
+from meshmarket.consumer.settlement import settle_pending
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ChainError, ContractReverted, MeshError, ProtocolError, QueryError
+from meshmarket.mesh.market import ZERO32, job_state
+from meshmarket.mesh.p2p import Node
+from meshmarket.mesh.protocol import Sampling
 
 log = logging.getLogger("meshmarket.gateway")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from consumer.gateway.backend import Completion, CompletionRequest, GatewayError
-from consumer.receipt import Receipt
+from meshmarket.consumer.gateway.backend import Completion, CompletionRequest, GatewayError
+from meshmarket.consumer.receipt import Receipt
 
 #: Bytes of UTF-8 per token, for estimates before a job (the context check) and for usage when no
 #: seat reported its count: English text with a BPE vocabulary of ~50k averages ~4 (SmolLM2: 4.2);

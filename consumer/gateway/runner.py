@@ -16,14 +16,14 @@ from pathlib import Path
 import trio
 from eth_account.signers.local import LocalAccount
 
-from consumer.gateway.app import Gateway
-from consumer.gateway.config import GatewayConfig
-from consumer.gateway.market import MarketBackend, MarketSettings
-from consumer.gateway.serve import check_bind, serve
-from consumer.journal import Journal
-from consumer.selection import Selector
-from mesh.chain import Chain
-from mesh.p2p import Node
+from meshmarket.consumer.gateway.app import Gateway
+from meshmarket.consumer.gateway.config import GatewayConfig
+from meshmarket.consumer.gateway.market import MarketBackend, MarketSettings
+from meshmarket.consumer.gateway.serve import check_bind, serve
+from meshmarket.consumer.journal import Journal
+from meshmarket.consumer.selection import Selector
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.p2p import Node
 
 
 async def run_gateway(chain: Chain, account: LocalAccount, config: GatewayConfig, settings: MarketSettings, *,

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from consumer.gateway.backend import Completion, CompletionRequest, GatewayError
-from consumer.gateway.config import GatewayConfig, Limits
+from meshmarket.consumer.gateway.backend import Completion, CompletionRequest, GatewayError
+from meshmarket.consumer.gateway.config import GatewayConfig, Limits
 
 # ------------------------------------------------------------------------------ limits
 

@@ -17,9 +17,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from consumer.gateway.app import Gateway
-from consumer.gateway.http import is_loopback_host
-from mesh.errors import ConfigError
+from meshmarket.consumer.gateway.app import Gateway
+from meshmarket.consumer.gateway.http import is_loopback_host
+from meshmarket.mesh.errors import ConfigError
 
 log = logging.getLogger("meshmarket.gateway")
 

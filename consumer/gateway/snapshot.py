@@ -15,8 +15,8 @@ from typing import Any
 
 import trio
 
-from mesh.errors import MeshError
-from mesh.market import OUTCOMES, JobState
+from meshmarket.mesh.errors import MeshError
+from meshmarket.mesh.market import OUTCOMES, JobState
 
 log = logging.getLogger("meshmarket.gateway")
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.gateway.backend import GatewayError
-from mesh.files import write_json
-from mesh.types import format_amount
+from meshmarket.consumer.gateway.backend import GatewayError
+from meshmarket.mesh.files import write_json
+from meshmarket.mesh.types import format_amount
 
 log = logging.getLogger("meshmarket.gateway")
 

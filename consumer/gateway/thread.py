@@ -13,9 +13,9 @@ from typing import Any
 
 import trio
 
-from consumer.gateway.config import GatewayConfig
-from consumer.gateway.market import MarketSettings
-from consumer.gateway.runner import run_gateway
+from meshmarket.consumer.gateway.config import GatewayConfig
+from meshmarket.consumer.gateway.market import MarketSettings
+from meshmarket.consumer.gateway.runner import run_gateway
 
 
 class GatewayThread:
