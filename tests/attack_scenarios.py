@@ -728,6 +728,13 @@ def drive(m, job_id: bytes, honest: Honest, hook: Callable[[JobState], None] | N
     raise AssertionError(f"scenario: job 0x{job_id.hex()[:12]} did not close; honest log: {honest.log[-12:]}")
 
 
+def settled_at(m, job_id: bytes) -> int:
+    """The time of the block whose JobSettled closed the job: not the latest block's, which later
+    keeper transactions (or any other test's) may have moved past it."""
+    (log,) = m.chain.market.events.JobSettled().get_logs(from_block=0, argument_filters={"jobId": job_id})
+    return int(m.chain.w3.eth.get_block(log["blockNumber"])["timestamp"])
+
+
 # ============================================================================= the attacker's hands
 
 def salt_for(job: Job, seat: int) -> bytes:
@@ -1218,7 +1225,8 @@ def a10_hostage(m, work: Path) -> Measured:
             + max(0, -d[consumer.address] - 3 * HONEST_PAY), victim_gas=gas.of(*workers),
             facts={**tries, "outcome": st.settled["outcome"], "paid": list(st.settled["paid"])[:3],
                    "workers_locked": locked, "consumer_cost": -d[consumer.address],
-                   "closed_after_s": m.now() - job.drawn_at, "bound_s": reveal_end(job) - job.drawn_at})
+                   "closed_after_s": settled_at(m, job.job_id) - job.drawn_at,
+                   "bound_s": reveal_end(job) - job.drawn_at})
 
 
 # ############################################################################# A6 — locks without consent
@@ -1406,6 +1414,7 @@ def _scripted_query(m, work: Path, roles: dict[int, str], honest: Honest):
     import trio
 
     from meshmarket.consumer.ask import AskOptions, Asker, discover
+    from meshmarket.consumer.query_events import SeatToken
     from meshmarket.mesh.p2p import Node
     from meshmarket.mesh.errors import ProtocolError
     from meshmarket.mesh.protocol import INFER_PROTOCOL, MANIFEST_PROTOCOL, InferRequest, ResultFrame, TokenFrame
@@ -1453,7 +1462,7 @@ def _scripted_query(m, work: Path, roles: dict[int, str], honest: Honest):
                 return await asker.ask_on(cnode, sampling_for(), MODEL, offers,
                                           AskOptions(max_tokens=MAX_TOKENS, max_price=PRICE, first_token_timeout=20,
                                                      token_timeout=10, min_pool=0),  # about lies, not juries
-                                          on_token=shown.append)
+                                          sink=lambda e: isinstance(e, SeatToken) and e.streamed and shown.append(e.text))
 
     return trio.run(main), "".join(shown), journal
 

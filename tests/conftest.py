@@ -30,10 +30,23 @@ STAKE = 10**9
 PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py", "test_gateway.py", "test_explorer.py")
 
 
+#: The quick tier (`./setup.sh --test quick`, about a minute): what runs in this process on the
+#: session's Anvil and SQLite, without a provider process, the model, PostgreSQL or a browser.
+#: Everything is still in the full suite; this is the tier a developer runs after each change.
+SLOW_FIXTURES = frozenset({"meshnet", "engine", "served", "served_session", "pg_cluster", "pg_url"})
+SLOW_FILES = frozenset({*PROCESS_TESTS, "test_crash.py", "test_invariants.py", "test_engine.py", "test_scorer.py",
+                        "test_prompt.py", "test_fuzz.py", "test_artifacts.py"})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "meshnet" in item.fixturenames or item.path.name in PROCESS_TESTS:
             item.add_marker(pytest.mark.xdist_group("processes"))
+        params = getattr(item, "callspec", None)
+        postgres = params is not None and params.params.get("ledger_url") == "postgresql"
+        if not (SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or postgres
+                or item.get_closest_marker("slow") or item.get_closest_marker("xdist_group")):
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture(scope="session", autouse=True)
