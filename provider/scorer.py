@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ import numpy as np
 
 from meshmarket.mesh.errors import ContextOverflowError, InferenceError, MeshError, ModelFileError
 from meshmarket.mesh.protocol import SAMPLER_MIN_P, SAMPLER_REPEAT_PENALTY, SAMPLER_TOP_K, SAMPLER_TYPICAL_P, Sampling
+from meshmarket.provider.prompt import PromptBuilder
 
 #: "stop": an end-of-generation token came next; "length": max_tokens were produced;
 #: "stop_sequence": the last token completed one of the request's stop strings.
@@ -424,7 +425,6 @@ class Scorer:
         self.eog_tokens = np.array([t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
                                    dtype=np.int64)
         self._eog = set(self.eog_tokens.tolist())
-        self._chat_formatter = self._make_chat_formatter(vocab)
 
     def _open(self, n_ctx: int) -> None:
         """(Re)create the llama.cpp context: at start, and when a claim needs a larger one."""
@@ -435,40 +435,16 @@ class Scorer:
                                      flash_attn=False, verbose=False)
         self.n_ctx: int = self._llama.n_ctx()
         self._batch = self._lc.llama_batch_init(self.n_ubatch, 0, 1)
+        self.prompts = PromptBuilder(self._llama, self.model_path)
         self._seq: list[int] = []  # tokens whose keys and values are in the cache
         self._rows = np.empty((0, 0), dtype=np.float32)  # logits of _seq's positions _first..
         self._first = 0
 
-    # -- prompts, exactly as provider.engine builds them
-
-    def _make_chat_formatter(self, vocab: Any) -> Any:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self._llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            return None
-        eos, bos = self._llama.token_eos(), self._llama.token_bos()
-
-        def text(token: int) -> str:
-            return self._lc.llama_vocab_get_text(vocab, token).decode()
-
-        return Jinja2ChatFormatter(template=template, eos_token=text(eos) if eos != -1 else "",
-                                   bos_token=text(bos) if bos != -1 else "")
-
-    def chat_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        if self._chat_formatter is None:
-            raise InferenceError(f"{self.model_path} has no chat template", "judge raw prompts only")
-        formatted = self._chat_formatter(messages=[{"role": m["role"], "content": m["content"]} for m in messages])
-        return self._llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
-
-    def raw_prompt_tokens(self, prompt: str) -> list[int]:
-        return self._llama.tokenize(prompt.encode(), add_bos=True, special=False)
+    # -- prompts: provider.prompt, the builder the engine uses too
 
     def prompt_tokens(self, sampling: Sampling) -> list[int]:
         """The prompt tokens a provider's engine feeds the model for this request."""
-        if sampling.messages is not None:
-            return self.chat_prompt_tokens([{"role": m.role, "content": m.content} for m in sampling.messages])
-        return self.raw_prompt_tokens(sampling.prompt or "")
+        return self.prompts.tokens(sampling)
 
     def token_bytes(self, token: int) -> bytes:
         """One token's bytes, as a provider builds its output (one token at a time)."""

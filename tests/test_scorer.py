@@ -162,12 +162,6 @@ def finish_of(claim: Claim) -> FinishReason:
 # ------------------------------------------------------------------------------ honest outputs
 
 
-def test_the_scorer_builds_the_engines_prompts(scorer, engine):
-    raw = Sampling(prompt="Once upon a time", max_tokens=8)
-    for sampling in (GREEDY, raw):
-        assert scorer.prompt_tokens(sampling) == engine._prompt_tokens(sampling)
-
-
 @pytest.mark.parametrize("config", ["B", "C"])
 def test_honest_outputs_of_another_configuration_pass_both_ways(claims, judge, config):
     """The engine's settings and another honest configuration answer differently, and a juror
