@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openai  # noqa: E402
 
-from meshmarket.cli.devnet import start_meshnet, temp_root  # noqa: E402
+from tests.devnet import start_meshnet, temp_root  # noqa: E402
 from meshmarket.consumer.gateway.config import GatewayConfig  # noqa: E402
 from meshmarket.consumer.gateway import runner  # noqa: E402
 from meshmarket.consumer.gateway.market import MarketBackend, MarketSettings  # noqa: E402

@@ -31,7 +31,7 @@ from meshmarket.consumer.client import fetch_manifest, run_job  # noqa: E402
 from meshmarket.mesh.p2p import Node  # noqa: E402
 from meshmarket.mesh.protocol import InferRequest, Sampling  # noqa: E402
 from meshmarket.provider.engine import default_model_path  # noqa: E402
-from meshmarket.cli.devnet import MeshNet, temp_root  # noqa: E402
+from tests.devnet import FixtureNet as MeshNet, temp_root  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 

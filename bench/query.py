@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meshmarket.cli.devnet import start_meshnet, temp_root  # noqa: E402
+from tests.devnet import start_meshnet, temp_root  # noqa: E402
 from meshmarket.consumer.ask import AskOptions, Asker, discover  # noqa: E402
 from meshmarket.consumer.journal import Journal  # noqa: E402
 from meshmarket.mesh.keys import dev_account  # noqa: E402

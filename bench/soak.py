@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from meshmarket.cli.devnet import MeshNet, start_meshnet, temp_root  # noqa: E402
+from meshmarket.cli.devnet import MeshNet  # noqa: E402
+from tests.devnet import start_meshnet, temp_root  # noqa: E402
 from meshmarket.consumer.ask import AskOptions, Asker, discover  # noqa: E402
 from meshmarket.consumer.journal import Journal  # noqa: E402
 from meshmarket.mesh.keys import dev_account  # noqa: E402

@@ -1,6 +1,13 @@
-"""A real local market on one machine: Anvil, the contracts, and provider processes started
-through the CLI (`mesh provider register` + `mesh provider start`), each with its own user
-directory. `mesh demo`, the tests and the benchmarks all run on it.
+"""The local market launcher: Anvil, the contracts, and provider processes started through the
+CLI (`mesh provider register` + `mesh provider start`), each with its own user directory.
+
+It ships in the CLI because two user commands run on it: `mesh demo` (the product's first command:
+a cheater is drawn, disputed, judged and slashed) and `mesh devnet up` (a market to develop
+against, cli/localnet.py). What they need is here: `MeshNet.launch` (the chain and the providers,
+some of them cheaters), funding dev accounts, moving the local clock, and `fast_forward_court`, a
+contested job's court run to its end by moving that clock. The tests and the benchmarks start the
+same market through tests/devnet.py, which adds the helpers only fixtures use (a fresh consumer per
+test, a view of a devnet another process runs).
 
 Demo code lives here and nowhere in the provider: a cheater is an ordinary provider process whose
 engine is wrapped by `CheatingEngine` (it alters what the model says and signs that), started with
@@ -12,13 +19,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import click
 
@@ -34,6 +41,8 @@ MESH = 10**6
 
 @dataclass
 class ProviderProc:
+    """One provider process of the local market: its dev account, user directory and output."""
+
     index: int  # dev account number
     home: Path
     port: int
@@ -55,6 +64,9 @@ class ProviderProc:
 
 
 class MeshNet:
+    """One local market: its own Anvil (stopped by `close`), the contracts deployed by dev:0, and
+    the provider processes it registered and started, by dev account number."""
+
     def __init__(self, root: Path, block_time: float | None = None) -> None:
         self.root = root
         self.anvil: AnvilProcess | None = start_anvil(block_time=block_time)
@@ -67,14 +79,44 @@ class MeshNet:
         self.model_hash: bytes = b""
 
     @classmethod
-    def attach(cls, chain: Chain, root: Path | None = None) -> MeshNet:
-        """A MeshNet over a market that is already running (`mesh devnet up`): its funding and clock
-        helpers, without starting or owning any process."""
-        net = cls.__new__(cls)
-        net.root, net.anvil, net.url = root or temp_root(), None, chain.deployment.rpc_url
-        net.deployment, net.chain, net.mc = chain.deployment, chain, MarketClient(chain)
-        net.providers, net.model_hash = {}, b""
-        return net
+    def launch(cls, root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
+               on_line: Callable[[int, str], None] | None = None, groups: dict[int, str] | None = None,
+               stakes: dict[int, int] | None = None, block_time: float | None = None) -> Self:
+        """Start the chain and providers dev:N at the given prices, in parallel where it helps:
+        each in the open market unless `groups` names its private mesh, staking `stakes[N]` base
+        units (100 MESH by default); `cheaters` run `CheatingEngine`; `extra` options go to every
+        `mesh provider start`. `block_time`: Anvil mines every so many seconds instead of once per
+        transaction. Everything started is stopped again if one part fails."""
+        net = cls(root, block_time)
+        groups, stakes = groups or {}, stakes or {}
+        try:
+            from meshmarket.provider.engine import default_model_path
+            from meshmarket.provider.modelfile import file_sha256
+
+            net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
+            for i in prices:
+                net.fund(i)  # minting is the deployer's: one sender, so done in turn
+
+            def register(i: int) -> None:
+                net.register(i, prices[i], stakes.get(i, 100 * MESH), False,
+                             *(("--group", groups[i]) if i in groups else ()))
+
+            # A private mesh admits whom its admin (its first provider) invited: the first registers,
+            # invites the others, then everyone else registers at once.
+            admins = {g: min(i for i in groups if groups[i] == g) for g in set(groups.values())}
+            _parallel([lambda i=i: register(i) for i in admins.values()])
+            for i, g in groups.items():
+                if i != admins[g]:
+                    net.mc.invite(dev_account(admins[g]), group_id(g), dev_account(i).address)
+            _parallel([lambda i=i: register(i) for i in prices if i not in admins.values()])
+            _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
+            missing = [i for i in prices if not net.providers[i].alive()]
+            if missing:
+                raise RuntimeError(f"providers {missing} failed to start")
+            return net
+        except BaseException:
+            net.close()
+            raise
 
     def env(self, home: Path) -> dict:
         return {**os.environ, "MESH_HOME": str(home), "MESH_RPC_URL": self.url, "PYTHONUNBUFFERED": "1"}
@@ -141,18 +183,6 @@ class MeshNet:
         if self.anvil is not None:
             self.anvil.stop()
 
-    def new_consumer(self, mesh: int = 10_000 * MESH, eth: int = 10**20, approve: bool = True):
-        """A fresh funded account, so balance assertions see only this test's jobs."""
-        from eth_account import Account
-
-        acct = Account.create()
-        self.chain.w3.provider.make_request("anvil_setBalance", [acct.address, hex(eth)])
-        if mesh:
-            self.chain.transact(dev_account(0), self.chain.token.functions.mint(acct.address, mesh))
-        if approve:
-            self.chain.ensure_allowance(acct, self.deployment.registry, 10**15)
-        return acct
-
     def advance(self, seconds: int) -> None:
         self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
         self.chain.w3.provider.make_request("evm_mine", [])
@@ -212,41 +242,8 @@ class MeshNet:
         return st
 
 
-def start_meshnet(root: Path, prices: dict[int, int], cheaters: tuple[int, ...] = (), extra: tuple[str, ...] = (),
-                  on_line: Callable[[int, str], None] | None = None, groups: dict[int, str] | None = None,
-                  stakes: dict[int, int] | None = None, block_time: float | None = None) -> MeshNet:
-    """Register and start providers dev:N at the given prices, in parallel where it helps: each in
-    the open market unless `groups` names its private mesh, staking `stakes[N]` base units (100
-    MESH by default); `extra` options go to every `mesh provider start`. `block_time`: Anvil mines
-    every so many seconds instead of once per transaction."""
-    net = MeshNet(root, block_time)
-    groups, stakes = groups or {}, stakes or {}
-    try:
-        from meshmarket.provider.engine import default_model_path
-        from meshmarket.provider.modelfile import file_sha256
-
-        net.model_hash = bytes.fromhex(file_sha256(default_model_path())[2:])
-        for i in prices:
-            net.fund(i)  # minting is the deployer's: one sender, so done in turn
-        def register(i: int) -> None:
-            net.register(i, prices[i], stakes.get(i, 100 * MESH), False, *(("--group", groups[i]) if i in groups else ()))
-
-        # A private mesh admits whom its admin (its first provider) invited: the first registers,
-        # invites the others, then everyone else registers at once.
-        admins = {g: min(i for i in groups if groups[i] == g) for g in set(groups.values())}
-        _parallel([lambda i=i: register(i) for i in admins.values()])
-        for i, g in groups.items():
-            if i != admins[g]:
-                net.mc.invite(dev_account(admins[g]), group_id(g), dev_account(i).address)
-        _parallel([lambda i=i: register(i) for i in prices if i not in admins.values()])
-        _parallel([lambda i=i: net.start(i, *extra, cheater=i in cheaters, on_line=on_line) for i in prices])
-        missing = [i for i in prices if not net.providers[i].alive()]
-        if missing:
-            raise RuntimeError(f"providers {missing} failed to start")
-        return net
-    except BaseException:
-        net.close()
-        raise
+#: What `mesh demo` and `mesh devnet up` call: the chain, the contracts and the providers, started.
+start_meshnet = MeshNet.launch
 
 
 def _parallel(tasks) -> None:
@@ -254,10 +251,6 @@ def _parallel(tasks) -> None:
     with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
         for future in [pool.submit(t) for t in tasks]:
             future.result()
-
-
-def temp_root() -> Path:
-    return Path(tempfile.mkdtemp(prefix="meshnet-"))
 
 
 # ------------------------------------------------------------------------------ the demo's cheater
@@ -273,7 +266,7 @@ class CheatingEngine:
         self.mark = f" [{provider[2:8]}]"
 
     def __getattr__(self, name: str):
-        return getattr(self.inner, name)  # model_path, n_ctx, slot, build, count_prompt_tokens, close
+        return getattr(self.inner, name)  # model_path, n_ctx, slot, build, prompt_tokens, close
 
     def generate(self, request, cancel=None):
         from meshmarket.provider.engine import Generation

@@ -3,6 +3,8 @@ provider processes, some of them cheaters) that stays up until stopped.
 
 `mesh demo` is the one-shot tour; this is the market to develop against: `mesh ask`, `mesh serve`
 and every other command find it through the deployment record it writes in the user directory.
+The market itself is started by the launcher the demo uses (cli/devnet.py); this module is the
+command: its options, its record, running in the background, and stopping.
 
     $MESH_HOME/deployment.json        the devnet's contracts (an earlier record is kept aside as
                                       deployment.json.before-devnet and put back by `down`)

@@ -214,7 +214,7 @@ def meshnet():
     """A local market: its own Anvil, and provider processes started through the CLI in two pools
     (OPEN_POOL + SPARE in the open market, COURT in the "court" mesh). Tests open fresh jobs;
     nothing is reverted under them, and a test that changes a pool restores it."""
-    from meshmarket.cli.devnet import start_meshnet, temp_root
+    from tests.devnet import start_meshnet, temp_root
 
     prices = dict.fromkeys((*OPEN_POOL, SPARE, *COURT), 10)
     net = start_meshnet(temp_root(), prices, cheaters=(COURT_CHEATER,), extra=("--claim-poll", "0.5"),

@@ -90,7 +90,7 @@ def mesh(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedPr
 
 def attach(chain: Chain):
     """A MeshNet object over the running devnet (for its funding and clock helpers)."""
-    from meshmarket.cli.devnet import MeshNet
+    from tests.devnet import FixtureNet as MeshNet
 
     return MeshNet.attach(chain)
 
