@@ -31,11 +31,6 @@ def checksum(address: str) -> str:
 ObservationKind = Literal["connect_failure", "timeout", "first_token"]
 OBSERVATION_KINDS: tuple[str, ...] = ("connect_failure", "timeout", "first_token")
 
-#: A job's status and each seat's outcome: the vocabulary of ledger/outcomes.py (docs/LEDGER.md).
-JobStatus = Literal["open", "drawn", "contested", "disputed", "settled", "refunded"]
-SeatOutcome = Literal["agreed", "provisional", "minority", "unconfirmed", "passed", "soft_fail", "hard_fail",
-                      "slashed", "missing"]
-
 
 @dataclass(frozen=True)
 class ChainEvent:

@@ -1,10 +1,10 @@
 """The Meshmarket wire protocol, defined once: every message two peers exchange, typed and checked.
 
 What crosses the wire (docs/PROTOCOL.md, part 2, and the JSON Schemas generated from this module
-in docs/schemas/):
+in docs/schemas/), on the two protocol ids `MANIFEST_PROTOCOL` and `INFER_PROTOCOL`:
 
-    /meshmarket/manifest/1.0.0   ManifestRequest  ->  ManifestResponse (carrying a signed Manifest)
-    /meshmarket/infer/1.0.0      InferRequest     ->  TokenFrame*  ->  ResultFrame | ErrorFrame
+    /meshmarket/manifest/2.0.0   ManifestRequest  ->  ManifestResponse (carrying a signed Manifest)
+    /meshmarket/infer/2.0.0      InferRequest     ->  TokenFrame*  ->  ResultFrame | ErrorFrame
 
 plus `Job` (the on-chain job tuple, as the JobOpened event and the request carry it) and
 `canonical_json`, the one encoding whose bytes are hashed or signed (the manifest hash, the
@@ -82,7 +82,6 @@ MANIFEST_KIND = "meshmarket.manifest"
 # (in mesh.limits, a dependency-free module the CLI reads at start-up; re-exported above)
 
 ZERO_ADDRESS = "0x" + "00" * 20
-ROLES = ("system", "user", "assistant")
 
 #: Sampler settings that are not part of a request are part of the protocol: every provider uses
 #: them, or sampled answers differ. They equal llama-cpp-python's create_completion defaults.

@@ -57,7 +57,6 @@ log = logging.getLogger("meshmarket.provider")
 REQUEST_TIMEOUT = 60.0
 #: A consumer that stops reading for this long is gone: stop generating for it.
 SEND_TIMEOUT = 30.0
-CLOSED_JOB = b"\x00" * 31 + b"\x01"
 
 
 def _glibc_malloc_trim():

@@ -1,4 +1,4 @@
-"""Provider set-up and life cycle, as a library (the CLI in mesh/commands/provider.py is thin over it).
+"""Provider set-up and life cycle, as a library (the CLI in cli/provider.py is thin over it).
 
 - `register_provider`: build and sign the manifest from the GGUF file, register model hash,
   manifest hash, price and endpoint on-chain, stake, and save the provider's settings
