@@ -40,7 +40,7 @@ import openai  # noqa: E402
 from tests.devnet import start_meshnet, temp_root  # noqa: E402
 from meshmarket.consumer.gateway.config import GatewayConfig  # noqa: E402
 from meshmarket.consumer.gateway import runner  # noqa: E402
-from meshmarket.consumer.gateway.market import MarketBackend, MarketSettings  # noqa: E402
+from meshmarket.consumer.gateway.dispatch import Dispatcher, DispatchSettings  # noqa: E402
 from meshmarket.consumer.gateway.thread import GatewayThread  # noqa: E402
 from meshmarket.consumer.journal import Journal  # noqa: E402
 from meshmarket.provider.engine import default_model_path  # noqa: E402
@@ -49,7 +49,7 @@ PROMPT = "Explain in a few sentences why the sky is blue."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 
 
-class TimedMarket(MarketBackend):
+class TimedMarket(Dispatcher):
     """The real backend, stamping when a query starts and when it releases its first text."""
 
     stamps: list[dict] = []
@@ -65,7 +65,7 @@ class TimedMarket(MarketBackend):
         return await super().complete(req, timed)
 
 
-runner.MarketBackend = TimedMarket  # the gateways this benchmark starts use it
+runner.Dispatcher = TimedMarket  # the gateways this benchmark starts use it
 
 
 def median(xs: list[float]) -> float:
@@ -143,7 +143,7 @@ def gateways(net, root: Path) -> tuple[GatewayThread, GatewayThread]:
     for mode in ("agreed", "first"):
         acct = net.new_consumer()
         net.mc.deposit(acct, 10**9)  # prepaid credit: each job then needs no token transfer
-        settings = MarketSettings(stream_mode=mode, min_pool=0)  # a three-provider devnet, knowingly
+        settings = DispatchSettings(stream_mode=mode, min_pool=0)  # a three-provider devnet, knowingly
         out.append(GatewayThread(net.chain, acct, GatewayConfig(max_price=20), settings,
                                  journal=Journal(root / f"jobs-{mode}"), spending_path=root / f"spend-{mode}.json").start())
     return out[0], out[1]

@@ -1,4 +1,9 @@
-"""`mesh ask`, `mesh models`, `mesh settle`: pay per query for an answer three providers agree on."""
+"""`mesh ask`, `mesh models`, `mesh settle`: pay per query for an answer three providers agree on.
+
+A query's events (consumer/query_events.py) are said here (`describe`): the answer streams to
+stdout, what happens to the job goes to stderr, in this CLI's words (`mesh demo` says them the
+same way).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from meshmarket.cli.common import (
     rpc_option,
     table,
 )
+from meshmarket.consumer import query_events as ev
 from meshmarket.mesh.errors import ConfigError, QueryError
 from meshmarket.mesh.limits import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKENS
-from meshmarket.mesh.types import format_amount, format_price
+from meshmarket.mesh.types import format_amount, format_price, format_when
 
 
 def _model_hash(model: str) -> bytes:
@@ -87,13 +93,13 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
                       dispute=dispute, min_pool=min_pool)
     offers = discover(chain, model_hash, opts.group)
     selector = Selector.open(chain, on_warning=say, consumer=acct.address)
-    asker = Asker(chain, acct, observe=selector.observe, on_event=say)
+    asker = Asker(chain, acct, observe=selector.observe)
     _approve_escrow(chain, acct, asker, opts, yes)
     messages = ([("system", system)] if system else []) + [("user", prompt)]
 
     before = {p.job_id for p in asker.journal.pending()}
     try:
-        receipt = asker.ask(messages, model_hash, offers, opts, on_token=out.token)
+        receipt = asker.ask(messages, model_hash, offers, opts, sink=out.event)
         if selector.synced:
             selector.sync()  # record this job's outcome for the next query
     except KeyboardInterrupt:
@@ -127,6 +133,15 @@ class _Stream:
         self.quiet = quiet
         self.open_line = False
 
+    def event(self, event: ev.QueryEvent) -> None:
+        if isinstance(event, ev.SeatToken):
+            if event.streamed:
+                self.token(event.text)
+            return
+        line = describe(event)
+        if line is not None:
+            self.status(line)
+
     def token(self, text: str) -> None:
         if not self.quiet and text:
             click.echo(text, nl=False)
@@ -145,6 +160,43 @@ class _Stream:
         if self.open_line:
             click.echo()
             self.open_line = False
+
+
+def _seat(provider: str) -> str:
+    return provider[:10] + "…"
+
+
+def describe(event: ev.QueryEvent) -> str | None:
+    """A status line for a query's event (None: nothing to say; tokens are the answer itself)."""
+    match event:
+        case ev.Drawn(job_id, seats, escrow):
+            return f"job 0x{job_id.hex()} drawn: seats {', '.join(map(_seat, seats[:3]))}; escrow {format_amount(escrow)}"
+        case ev.ManifestRejected(provider, why):
+            return f"manifest of {_seat(provider)} rejected: {why}; its build counts as unknown"
+        case ev.SeatRefused(seat, _, error):
+            return f"seat #{seat} refused the request: {error.message}"
+        case ev.SeatFailed(seat, provider, error):
+            return f"seat #{seat} {_seat(provider)} failed: {error.message}"
+        case ev.SeatAdded(seat, provider):
+            return f"seat #{seat} added: {_seat(provider)}"
+        case ev.SeatNotAdded(error):
+            return f"cannot add a seat: {error.message}"
+        case ev.Contested(_, window):
+            return (f"the seats disagree: the job is contested; unless a party disputes within {window} s, the "
+                    "provisional outcome stands (`mesh settle` closes it then)")
+        case ev.Disputed(_, bond, court_time):
+            return (f"disputed (bond {format_amount(bond)}): a jury drawn from the pool judges every seat; "
+                    f"`mesh settle` closes the job after the court's phases ({court_time} s)")
+        case ev.DisputeTooSmall(_, fee, least):
+            return (f"a job this small (jury fee {fee} base units, under {least}) cannot be disputed: the provisional "
+                    "outcome will stand")
+        case ev.Pending(_, missing, deadline, now):
+            return (f"{len(missing)} seat(s) did not answer: the job settles after their claim window, "
+                    f"{format_when(deadline, now)}; run `mesh settle` then (any later `mesh ask` does it too)")
+        case ev.SettleFailed(_, error):
+            return (f"settling failed ({error.message}); the job and its results are in the journal: run `mesh settle` "
+                    "to retry")
+    return None  # tokens, deliveries and settlements: the answer and the receipt say them
 
 
 def _approve_escrow(chain, acct, asker, opts, yes: bool) -> None:

@@ -105,11 +105,9 @@ def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
         k += 1
         click.secho(f"\n== query {k}: {q}" + ("" if k <= 3 or drawn else "  (the cheater has not been drawn yet)"),
                     bold=True)
-        asker = Asker(net.chain, consumer, journal=journal, observe=selector.observe,
-                      on_event=lambda m: click.echo(f"   {m}"))
+        asker = Asker(net.chain, consumer, journal=journal, observe=selector.observe)
         receipt = asker.ask([("user", q)], net.model_hash, discover(net.chain, net.model_hash),
-                            AskOptions(max_tokens=max_tokens, max_price=20, dispute=True),
-                            on_token=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
+                            AskOptions(max_tokens=max_tokens, max_price=20, dispute=True), sink=_show)
         click.echo()
         if receipt.streamed != receipt.text:
             click.secho("[the streamed answer is not the one the majority signed; that one is:]", bold=True)
@@ -122,6 +120,21 @@ def _ask_all(net, root: Path, max_tokens: int, questions: list[str]) -> None:
             _verdict(net, receipt, st)
         selector.sync()  # the outcome (and any slash) is now in the consumer's ledger
     selector.close()
+
+
+def _show(event) -> None:
+    """The streamed seat's text as it comes; what happens to the job on lines of its own."""
+    from meshmarket.cli.consumer import describe
+    from meshmarket.consumer.query_events import SeatToken
+
+    if isinstance(event, SeatToken):
+        if event.streamed:
+            click.echo(event.text, nl=False)
+            sys.stdout.flush()
+        return
+    line = describe(event)
+    if line is not None:
+        click.echo(f"   {line}")
 
 
 def _verdict(net, receipt, st) -> None:

@@ -79,7 +79,7 @@ def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, gro
     import logging
 
     from meshmarket.consumer.gateway.config import GatewayConfig, Limits
-    from meshmarket.consumer.gateway.market import MarketSettings
+    from meshmarket.consumer.gateway.dispatch import DispatchSettings
     from meshmarket.consumer.gateway.serve import check_bind
     from meshmarket.mesh.market import group_id
 
@@ -87,7 +87,7 @@ def serve(host, port, max_price, request_cap, daily_cap, default_max_tokens, gro
                            api_key=_api_key(api_key_file), limits=Limits(default_max_tokens=default_max_tokens),
                            dispute=dispute)
     check_bind(host, config.api_key)
-    settings = MarketSettings(group=group_id(group), stream_mode=stream_mode, min_pool=min_pool)
+    settings = DispatchSettings(group=group_id(group), stream_mode=stream_mode, min_pool=min_pool)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("meshmarket.gateway").setLevel(logging.INFO)
     chain, acct, selector = _open(account_name, rpc, config, yes)

@@ -2,7 +2,8 @@
 runs (`mesh ask` does not pay for the ledger's or the provider's imports).
 
 Errors: library code raises MeshError subclasses; this root group turns them into one line
-("Error: <what> — <what to do>") and exit code 1, never a traceback.
+("Error: <what> — <what to do>", the advice looked up by the error's code in cli/errors.py) and
+exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 
 import click
 
+from meshmarket.cli.errors import sentence
 from meshmarket.mesh import __version__
 from meshmarket.mesh.errors import MeshError, sole_error
 
@@ -46,14 +48,14 @@ class MeshGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MeshError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(sentence(exc)) from exc
         except KeyboardInterrupt:
             raise click.Abort() from None
         except BaseExceptionGroup as group:
             # trio (and libp2p's nurseries) wrap what a task raised: show the error itself.
             leaf = sole_error(group)
             if isinstance(leaf, MeshError):
-                raise click.ClickException(str(leaf)) from group
+                raise click.ClickException(sentence(leaf)) from group
             if isinstance(leaf, KeyboardInterrupt):
                 raise click.Abort() from None
             raise

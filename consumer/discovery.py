@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from eth_utils import to_checksum_address
 
 from meshmarket.mesh.chain import Chain
-from meshmarket.mesh.errors import QueryError
+from meshmarket.mesh.errors import TooFewProviders
 from meshmarket.mesh.market import MarketClient
 from meshmarket.mesh.types import format_price
 
@@ -63,19 +63,18 @@ def eligible(chain: Chain, offers: Sequence[Offer], consumer: str, max_tokens: i
     than three: checked before the job is opened, so a query that cannot be drawn costs nothing."""
     pool = [o for o in offers if o.address != to_checksum_address(consumer)]
     if len(pool) < 3:
-        raise QueryError(f"only {len(pool)} provider(s) offer this model in this pool; a verified query needs three",
-                         "wait for more providers, or choose another model or group (`mesh models`)")
+        raise TooFewProviders(f"only {len(pool)} provider(s) offer this model in this pool; a verified query needs three")
     affordable = [o for o in pool if o.price <= max_price]
     if len(affordable) < 3:
         prices = sorted(o.price for o in pool)
-        raise QueryError(f"only {len(affordable)} provider(s) charge at most {format_price(max_price)} "
-                         f"(prices: {', '.join(map(format_price, prices))})",
-                         f"raise --max-price to at least {prices[2]}")
+        raise TooFewProviders(f"only {len(affordable)} provider(s) charge at most {format_price(max_price)} "
+                              f"(prices: {', '.join(map(format_price, prices))})", code="price_cap_too_low",
+                              needed_price=prices[2])
     params = chain.deployment.params
     staked = [o for o in affordable if params.lock_for(max_tokens, o.price) * params.max_lock_share <= o.free_stake]
     if len(staked) < 3:
-        raise QueryError(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} tokens",
-                         "ask for fewer --max-tokens, or retry later")
+        raise TooFewProviders(f"only {len(staked)} affordable provider(s) have enough free stake for {max_tokens} "
+                              "tokens", code="not_enough_stake")
     return staked
 
 
@@ -93,7 +92,6 @@ def check_jury(chain: Chain, offers: Sequence[Offer], consumer: str, min_pool: i
     judges = {o.address for o in [*offers, *fallback] if o.address != me and o.free_stake >= floor}
     own = {o.address for o in offers if o.address != me and o.free_stake >= floor}
     if len(judges) < min_pool or (fallback and len(own) < 3):
-        raise QueryError(f"this pool has {len(judges)} provider(s) able to sit on a jury; with fewer than {min_pool}, two "
-                         "colluding seats could never be judged",
-                         "ask a larger pool (another --group, or the open market), or pass --min-pool 0 if you "
-                         "trust every provider of this pool")
+        raise TooFewProviders(f"this pool has {len(judges)} provider(s) able to sit on a jury; with fewer than "
+                              f"{min_pool}, two colluding seats could never be judged", code="pool_cannot_seat_jury",
+                              limit=min_pool)

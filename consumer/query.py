@@ -9,12 +9,15 @@
     compare    group the signed results by (output hash, token count) (a pure function)
     settle     settle on-chain when every seat answered: agreed results are paid at once; a
                disagreement becomes a contest (a provisional outcome, or a jury if a party
-               disputes). With a seat missing, the job waits in the journal for `mesh settle`
-               (a seat may be left out only after the claim window)
+               disputes). With a seat missing, the job waits in the journal for
+               consumer.settlement (a seat may be left out only after the claim window)
 
 The answer the consumer may pay for is always shown and saved (journal), whatever happens.
 Each phase is a method of `Query`; trio is confined to the phases that talk to peers, the chain
-is synchronous and runs in worker threads.
+is synchronous and runs in worker threads. What happens is reported as typed events
+(consumer.query_events) to one sink, in order; the finished query is its Receipt. Its
+collaborators (chain, market client, account, journal, the ledger's observer) are given to it,
+not looked up.
 """
 
 from __future__ import annotations
@@ -25,18 +28,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
+from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3.logs import DISCARD
 
+from meshmarket.consumer import query_events as ev
 from meshmarket.consumer.client import Answer, fetch_manifest, run_job
 from meshmarket.consumer.discovery import Offer
-from meshmarket.consumer.journal import PendingJob
+from meshmarket.consumer.query_events import EventSink, Observer, QueryEvent
+from meshmarket.consumer.journal import Journal, PendingJob
 from meshmarket.consumer.receipt import Receipt, SlotReport
-from meshmarket.mesh.errors import ChainError, ProviderFailed, QueryError
-from meshmarket.mesh.market import OUTCOMES, ZERO32, Contest
+from meshmarket.mesh.chain import Chain
+from meshmarket.mesh.errors import ChainError, PromptTooLong, ProviderFailed, RequestRefused
+from meshmarket.mesh.market import OUTCOMES, ZERO32, Contest, MarketClient
 from meshmarket.mesh.p2p import Node
 from meshmarket.mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
-from meshmarket.mesh.types import format_amount, format_when
 
 MANIFEST_TIMEOUT = 5.0
 #: A pool this small is dialled while the job opens (its seats are among it), and waited for this
@@ -114,16 +120,21 @@ def _vote(a: Answer) -> tuple[bytes, int]:
 
 @dataclass
 class Query:
-    """The state of one query as it moves through its phases. `asker` gives the chain, the
-    account, the journal and the callbacks (consumer.ask.Asker); `offers` the pool's providers
-    by address (where to reach a drawn seat)."""
+    """The state of one query as it moves through its phases. `mc` sends its transactions from
+    `account` on `chain`; `journal` keeps its job until it closes; `observe` records what each
+    seat did for the ledger; `sink` gets its events (consumer.query_events); `offers` are the
+    pool's providers by address (where to reach a drawn seat). `receipt` is set once it settled."""
 
-    asker: object
+    chain: Chain
+    mc: MarketClient
+    account: LocalAccount
+    journal: Journal
     sampling: Sampling
     model_hash: bytes
     opts: AskOptions
     offers: dict[str, Offer]
-    on_token: Callable[[str], None] | None = None
+    observe: Observer = ev.observe_nothing
+    sink: EventSink = ev.ignore
     job_id: bytes = b""
     job: Job | None = None
     slots: list[SlotReport] = field(default_factory=list)
@@ -148,6 +159,16 @@ class Query:
         #: added only when none is in flight, since adding one changes the job they check.
         self.in_flight: set[int] = set()
         self.settled_flight = trio.Condition()
+        self.receipt: Receipt | None = None
+
+    def _emit(self, event: QueryEvent) -> None:
+        self.sink(event)
+
+    async def run(self, node: Node) -> Receipt:
+        """Every phase, on `node`, in the caller's trio loop (the chain's calls in worker threads)."""
+        await self.open_and_draw(node)
+        await self.fan_out(node)
+        return await trio.to_thread.run_sync(self.settle)
 
     # -- open and draw
 
@@ -172,12 +193,12 @@ class Query:
         return could if len(could) <= PREDIAL_POOL else []
 
     def _open_sync(self) -> None:
-        a, s = self.asker, self.sampling
+        s = self.sampling
         t = time.perf_counter()
-        self.job_id, job, r1 = a.mc.open_job(a.account, self.model_hash, s.prompt_hash(self.model_hash), s.max_tokens,
-                                             self.opts.max_price, group=self.opts.group, approve=False)
+        self.job_id, job, r1 = self.mc.open_job(self.account, self.model_hash, s.prompt_hash(self.model_hash),
+                                                s.max_tokens, self.opts.max_price, group=self.opts.group, approve=False)
         self.pending = PendingJob(self.job_id, job)
-        a.journal.save(self.pending)
+        self.journal.save(self.pending)
         self.timings["open"] = (time.perf_counter() - t) * 1000
         self.gas["open"] = r1["gasUsed"]
         self.job = job
@@ -192,22 +213,19 @@ class Query:
             return
         least = -(-self.sampling.prompt_bytes // BYTES_PER_TOKEN_MAX) + self.sampling.max_tokens
         if least > max(contexts):
-            raise QueryError(f"the prompt (at least {least - self.sampling.max_tokens} tokens) plus max_tokens "
-                             f"{self.sampling.max_tokens} cannot fit the providers' context of at most {max(contexts)} tokens",
-                             f"shorten the prompt or lower --max-tokens; job 0x{self.job_id.hex()} was opened but not "
-                             "drawn: nothing was escrowed, and it expires by itself")
+            raise PromptTooLong(f"the prompt (at least {least - self.sampling.max_tokens} tokens) plus max_tokens "
+                                f"{self.sampling.max_tokens} cannot fit the providers' context of at most "
+                                f"{max(contexts)} tokens", job_id=self.job_id, limit=max(contexts))
 
     def _draw_sync(self) -> None:
-        a = self.asker
         t = time.perf_counter()
-        self.job, r2 = a.mc.draw_seats(a.account, self.job)
+        self.job, r2 = self.mc.draw_seats(self.account, self.job)
         self.timings["draw"] = (time.perf_counter() - t) * 1000
         self.gas["draw"] = r2["gasUsed"]
         self.pending.job = self.job
-        a.journal.save(self.pending)
+        self.journal.save(self.pending)
         self.slots = [SlotReport(i, self.job.seats[i], self.job.prices[i]) for i in range(self.job.seat_count)]
-        a.on_event(f"job 0x{self.job_id.hex()} drawn: seats {', '.join(x[:10] + '…' for x in self.job.seats[:3])}; "
-                   f"escrow {format_amount(self.job.held)}")
+        self._emit(ev.Drawn(self.job_id, tuple(self.job.seats[:self.job.seat_count]), self.job.held))
 
     async def _fetch_manifest(self, node: Node, o: Offer) -> None:
         """A seat's manifest (build, hardware) for the receipt; never in the way of a request."""
@@ -230,7 +248,7 @@ class Query:
 
     def _manifest_rejected(self, o: Offer, why: str) -> None:
         self.manifest_problems[o.address] = why
-        self.asker.on_event(f"manifest of {o.address[:10]}… rejected: {why}; its build counts as unknown")
+        self._emit(ev.ManifestRejected(o.address, why))
 
     # -- fan out
 
@@ -243,19 +261,18 @@ class Query:
                     n.start_soon(self._fetch_manifest, node, self.offers[self.job.seats[i]])
         self.timings["generate"] = (time.perf_counter() - t) * 1000
 
-    def _sink(self, seat: int) -> Callable[[str], None]:
-        def sink(text: str) -> None:
+    def _tokens(self, seat: int) -> Callable[[str], None]:
+        """What a seat's stream calls with each piece of text: the first seat to produce one is the
+        one shown while the answer streams."""
+        def on_token(text: str) -> None:
             self.in_flight.discard(seat)
-            if self.asker.on_any_token:
-                self.asker.on_any_token(seat, self.job.seats[seat], text)
             if self.streamer is None:
                 self.streamer = seat
                 self.timings["first_token"] = (time.perf_counter() - self.t_start) * 1000
             if self.streamer == seat:
                 self.streamed.append(text)
-                if self.on_token:
-                    self.on_token(text)
-        return sink
+            self._emit(ev.SeatToken(seat, self.job.seats[seat], text, self.streamer == seat))
+        return on_token
 
     async def _run_seat(self, node: Node, seat: int) -> None:
         retried, busy = False, 0
@@ -269,8 +286,8 @@ class Query:
                     raise ProviderFailed("unreachable", "no endpoint is registered for this seat", address)
                 answer = await run_job(node, offer.peer_id, offer.addrs,
                                        InferRequest(self.job_id, job_sent, seat, self.sampling),
-                                       chain_id=self.asker.chain.chain_id, market=self.asker.chain.market.address,
-                                       on_token=self._sink(seat), first_token_timeout=self.opts.first_token_timeout,
+                                       chain_id=self.chain.chain_id, market=self.chain.market.address,
+                                       on_token=self._tokens(seat), first_token_timeout=self.opts.first_token_timeout,
                                        token_timeout=self.opts.token_timeout)
             except ProviderFailed as exc:
                 await self._landed(seat)
@@ -286,7 +303,7 @@ class Query:
                     # only cost gas. The job settles without results (refunded) after its claim window.
                     self.request_fault = exc
                     self.slots[seat].status = f"refused ({exc.code})"
-                    self.asker.on_event(f"seat #{seat} refused the request: {exc}")
+                    self._emit(ev.SeatRefused(seat, address, exc))
                     return
                 seat = await self._failed(seat, exc)
                 retried = False
@@ -305,16 +322,17 @@ class Query:
         r = self.slots[seat]
         r.first_token_ms, r.total_ms, r.tokens = answer.first_token_ms, answer.total_ms, answer.result.token_count
         r.status = "lied: claims more tokens than the job allows" if answer.lie else "delivered"
-        self.asker.observe(answer.provider, "first_token_ms", answer.first_token_ms, self.job_id)
+        self.observe(answer.provider, "first_token_ms", answer.first_token_ms, self.job_id)
         self.pending.results[seat], self.pending.texts[seat] = answer.claim, answer.text
-        self.asker.journal.save(self.pending)
+        self.journal.save(self.pending)
+        self._emit(ev.Delivered(seat, answer.provider, answer.result.token_count, answer.first_token_ms, answer.lie))
 
     async def _failed(self, seat: int, exc: ProviderFailed) -> int | None:
         """A seat failed: note it, and add a drawn seat in its place (None: no more seats)."""
         address = self.job.seats[seat]
-        self.asker.observe(address, "timeout" if exc.code == "timeout" else "failure", None, self.job_id)
+        self.observe(address, "timeout" if exc.code == "timeout" else "failure", None, self.job_id)
         self.slots[seat].status = f"failed ({exc.code})"
-        self.asker.on_event(f"seat #{seat} {address[:10]}… failed: {exc}")
+        self._emit(ev.SeatFailed(seat, address, exc))
         async with self.seat_lock:
             if self.job.seat_count >= self.opts.max_seats:
                 return None
@@ -322,16 +340,15 @@ class Query:
                 while self.in_flight:
                     await self.settled_flight.wait()
             try:
-                job, new, r = await trio.to_thread.run_sync(
-                    lambda: self.asker.mc.add_seat(self.asker.account, self.job))
+                job, new, r = await trio.to_thread.run_sync(lambda: self.mc.add_seat(self.account, self.job))
             except ChainError as err:
-                self.asker.on_event(f"cannot add a seat: {err}")
+                self._emit(ev.SeatNotAdded(err))
                 return None
             self.job = self.pending.job = job
-            self.asker.journal.save(self.pending)
+            self.journal.save(self.pending)
             self.gas[f"add_seat_{new}"] = r["gasUsed"]
             self.slots.append(SlotReport(new, job.seats[new], job.prices[new]))
-            self.asker.on_event(f"seat #{new} added: {job.seats[new][:10]}…")
+            self._emit(ev.SeatAdded(new, job.seats[new]))
             return new
 
     # -- compare and settle
@@ -339,11 +356,11 @@ class Query:
     def settle(self) -> Receipt:
         """Compare, then settle on-chain if every seat answered (synchronous: after the node stopped)."""
         if self.request_fault is not None and not self.answers:
-            p = self.asker.chain.deployment.params
-            when = format_when(self.job.drawn_at + p.delivery_window + p.claim_window, self.asker.chain.pending_time())
-            raise QueryError(f"the seats refused the request: {self.request_fault}",
-                             f"change the request; the escrow of job 0x{self.job_id.hex()} returns to your credit "
-                             f"when it settles without results ({when}: `mesh settle`)")
+            p = self.chain.deployment.params
+            raise RequestRefused(f"the seats refused the request: {self.request_fault.message}", job_id=self.job_id,
+                                 fault=self.request_fault,
+                                 deadline=self.job.drawn_at + p.delivery_window + p.claim_window,
+                                 now=self.chain.pending_time())
         outcome = compare(self.answers)
         missing = [i for i in range(self.job.seat_count) if i not in self.answers]
         refund, settled, kind = 0, False, outcome.kind
@@ -351,78 +368,73 @@ class Query:
             kind = "pending"
             for i in missing:
                 self.slots[i].status = self.slots[i].status or "no result"
-            p = self.asker.chain.deployment.params
+            p = self.chain.deployment.params
             deadline = self.job.drawn_at + p.delivery_window + p.claim_window
-            when = format_when(deadline, self.asker.chain.pending_time())
-            self.asker.on_event(f"{len(missing)} seat(s) did not answer: the job settles after their claim window, "
-                                f"{when}; run `mesh settle` then (any later `mesh ask` does it too)")
+            self._emit(ev.Pending(self.job_id, tuple(missing), deadline, self.chain.pending_time()))
         else:
             try:
                 refund, settled, kind = self._settle_on_chain(outcome)
             except ChainError as exc:
                 kind = "pending"
-                self.asker.on_event(f"settling failed ({exc}); the job and its results are in the journal: "
-                                    "run `mesh settle` to retry")
+                self._emit(ev.SettleFailed(self.job_id, exc))
         self.timings["total"] = (time.perf_counter() - self.t_start) * 1000
         builds = {a: m.build.fingerprint if m.build else "" for a, m in self.manifests.items()}
         answering = {builds.get(self.job.seats[i], "") for i in outcome.seats}
         answer = self.answers[outcome.seats[0]].result if outcome.seats else None
         for i in outcome.seats:
             self.slots[i].backs_answer = True
-        return Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, self.slots, self.job.held, refund,
-                       self.gas, self.timings, settled, "".join(self.streamed), outcome=kind, builds=builds,
-                       system_fingerprint=answering.pop() if len(answering) == 1 else "",
-                       finish_reason=answer.finish_reason if answer else "",
-                       prompt_tokens=answer.prompt_tokens if answer else 0)
+        self.receipt = Receipt(self.job_id, self.model_hash, outcome.agreement, outcome.text, self.slots,
+                               self.job.held, refund, self.gas, self.timings, settled, "".join(self.streamed),
+                               outcome=kind, builds=builds,
+                               system_fingerprint=answering.pop() if len(answering) == 1 else "",
+                               finish_reason=answer.finish_reason if answer else "",
+                               prompt_tokens=answer.prompt_tokens if answer else 0)
+        return self.receipt
 
     def _settle_on_chain(self, outcome: Outcome) -> tuple[int, bool, str]:
-        a = self.asker
         t = time.perf_counter()
-        r = a.mc.settle(a.account, self.job, [self.answers[i].claim for i in range(self.job.seat_count)])
+        r = self.mc.settle(self.account, self.job, [self.answers[i].claim for i in range(self.job.seat_count)])
         self.timings["settle"] = (time.perf_counter() - t) * 1000
         self.gas["settle"] = r["gasUsed"]
-        contest = a.mc.contest_of(r)
+        contest = self.mc.contest_of(r)
         if contest is not None:
             self._contested(contest)
             return 0, False, "contested"
-        ev = a.mc.settled_event(r)
+        settled = self.mc.settled_event(r)
         slashed = {to_checksum_address(e["args"]["provider"]): int(e["args"]["amount"])
-                   for e in a.chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
+                   for e in self.chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
         for i, s in enumerate(self.slots):
-            s.paid, s.agreed = int(ev["paid"][i]), int(ev["paid"][i]) > 0
+            s.paid, s.agreed = int(settled["paid"][i]), int(settled["paid"][i]) > 0
             s.slashed = slashed.get(s.provider, 0)
             if s.slashed:
                 s.status = "slashed: signed more tokens than the job allows"
-        a.journal.remove(self.job_id)
-        return int(ev["refund"]), True, OUTCOMES[ev["outcome"]]
+        self.journal.remove(self.job_id)
+        kind = OUTCOMES[settled["outcome"]]
+        self._emit(ev.Settled(self.job_id, kind, tuple(int(x) for x in settled["paid"]), int(settled["refund"])))
+        return int(settled["refund"]), True, kind
 
     def _contested(self, contest: Contest) -> None:
         """The seats disagreed: say what happens next, and dispute if asked to and someone's valid
         result would go unpaid."""
-        a, params = self.asker, self.asker.chain.deployment.params
+        params = self.chain.deployment.params
         for i, s in enumerate(self.slots):
             if contest.slashed >> i & 1:
                 s.status = "to be slashed: signed more tokens than the job allows"
             elif contest.present >> i & 1:
                 s.status = "paid unless a jury decides otherwise" if contest.provisional >> i & 1 else \
                     "unpaid unless a jury decides otherwise"
+        self._emit(ev.Contested(self.job_id, params.dispute_window))
         unpaid = contest.present & ~contest.provisional
         if self.opts.dispute and unpaid and self.job.jury_fee < params.min_jury_fee:
-            a.on_event(f"the seats disagree, but a job this small (jury fee {self.job.jury_fee} base units, under "
-                       f"{params.min_jury_fee}) cannot be disputed: the provisional outcome will stand")
+            self._emit(ev.DisputeTooSmall(self.job_id, self.job.jury_fee, params.min_jury_fee))
         elif self.opts.dispute and unpaid:
             t = time.perf_counter()
             request = canonical_json(self.sampling.request(self.model_hash))
-            r = a.mc.dispute(a.account, self.job, contest, request)
+            r = self.mc.dispute(self.account, self.job, contest, request)
             self.gas["dispute"] = r["gasUsed"]
             # The jury must be drawn within DRAW_WINDOW blocks: the disputer draws it at once
             # (from the pending block), the seats' keepers draw it too if this process dies here.
-            _, r = a.mc.draw_jury(a.account, self.job, contest)
+            _, r = self.mc.draw_jury(self.account, self.job, contest)
             self.gas["draw_jury"] = r["gasUsed"]
             self.timings["dispute"] = (time.perf_counter() - t) * 1000
-            a.on_event(f"the seats disagree: disputed (bond {format_amount(self.job.jury_fee)}); a jury drawn from the "
-                       "pool judges every seat; `mesh settle` closes the job after the court's phases "
-                       f"({3 * params.court_phase} s)")
-        else:
-            a.on_event(f"the seats disagree: the job is contested; unless a party disputes within "
-                       f"{params.dispute_window} s, the provisional outcome stands (`mesh settle` closes it then)")
+            self._emit(ev.Disputed(self.job_id, self.job.jury_fee, 3 * params.court_phase))

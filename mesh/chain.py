@@ -1,4 +1,4 @@
-"""Chain gateway: the one place that talks to the EVM node (web3.py, synchronous).
+"""Chain client: the one place that talks to the EVM node (web3.py, synchronous).
 
 It connects and checks the node, deploys the three contracts, signs transactions locally with
 eth-account, and turns every revert into a typed `ContractReverted` carrying a sentence that says
@@ -22,7 +22,8 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
 
 from meshmarket.mesh.config import Deployment
-from meshmarket.mesh.errors import ChainError, ContractReverted, ContractsError, NodeUnreachable, NotDeployed, WrongChain
+from meshmarket.mesh.errors import (ChainError, ContractReverted, ContractsError, NodeUnreachable, NoGas, NotDeployed,
+                                    WrongChain)
 from meshmarket.mesh.types import format_amount
 
 RECEIPT_TIMEOUT = 60.0
@@ -168,7 +169,15 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-# ------------------------------------------------------------------------------ gateway
+def node_refused(exc: Web3RPCError, action: str, sender: str) -> ChainError:
+    """The typed error for a node's refusal of a transaction. Nodes say why only in their error's
+    text (no code for it in JSON-RPC or web3): this is the one place that reads it."""
+    if "insufficient funds" in str(exc).lower():
+        return NoGas(f"{action}: {sender} cannot pay for gas", "fund the account with ETH")
+    return ChainError(f"{action}: the node refused the transaction ({exc})")
+
+
+# ------------------------------------------------------------------------------ client
 
 class Chain:
     """A connected node plus the deployed token, registry and market contracts."""
@@ -288,14 +297,12 @@ def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action:
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise decoder.decode(_revert_data(exc), action) from exc
     except Web3RPCError as exc:
-        raise ChainError(f"{action}: the node refused the transaction ({exc})") from exc
+        raise node_refused(exc, action, account.address) from exc
     signed = account.sign_transaction(tx)
     try:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     except Web3RPCError as exc:
-        if "insufficient funds" in str(exc).lower():
-            raise ChainError(f"{action}: {account.address} cannot pay for gas", "fund the account with ETH") from exc
-        raise ChainError(f"{action}: the node refused the transaction ({exc})") from exc
+        raise node_refused(exc, action, account.address) from exc
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.01)
     if receipt["status"] != 1:
         # Replay at the block to learn the reason (state moved between estimate and inclusion).

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from meshmarket.cli.errors import sentence
+from meshmarket.consumer import query_events as events
 from meshmarket.consumer.ask import AskOptions, Asker, discover, eligible, settle_pending
 from meshmarket.consumer.discovery import check_jury
 from meshmarket.consumer.journal import Journal
@@ -34,14 +36,14 @@ PRICE, CAP, MAX = 10, 20, 16
 COURT_GROUP = group_id("court")
 
 
-def run_ask(net, consumer, group=None, journal_root=None, max_tokens=MAX, **kw):
+def run_ask(net, consumer, group=None, journal_root=None, max_tokens=MAX, sink=events.ignore, **kw):
     # The open market here has three providers: it cannot seat a jury besides a job's seats, so
     # its queries say they trust it (min_pool 0; refused otherwise, see the test below). The court
     # mesh's jury comes from the open market: it passes the check as is.
     opts = AskOptions(max_tokens=max_tokens, max_price=CAP, group=group_id(group), dispute=kw.pop("dispute", False),
                       min_pool=6 if group else 0)
     asker = Asker(net.chain, consumer, journal=Journal(journal_root), **kw)
-    return asker.ask(QUESTION, net.model_hash, discover(net.chain, net.model_hash, opts.group), opts)
+    return asker.ask(QUESTION, net.model_hash, discover(net.chain, net.model_hash, opts.group), opts, sink=sink)
 
 
 def owed(net, i):
@@ -59,8 +61,24 @@ def test_honest_seats_agree_all_paid_rest_refunded(meshnet, tmp_path):
     c = net.new_consumer()
     bal0 = net.chain.balance(c.address)
     owed0 = {i: owed(net, i) for i in OPEN_POOL}
-    r = run_ask(net, c, journal_root=tmp_path)
+    seen: list[events.QueryEvent] = []
+    r = run_ask(net, c, journal_root=tmp_path, sink=seen.append)
     assert r.outcome == "agreed" and r.agreement == "3/3" and r.settled and r.text
+    # The query's events, in order: drawn, then every seat's tokens and signed answer, then settled.
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "Drawn" and kinds[-1] == "Settled", kinds
+    assert set(kinds[1:-1]) == {"SeatToken", "Delivered"}, kinds
+    drawn, settled = seen[0], seen[-1]
+    assert drawn.job_id == r.job_id and set(drawn.seats) == {s.provider for s in r.slots} and drawn.escrow == r.escrow
+    assert settled.job_id == r.job_id and settled.outcome == "agreed" and settled.refund == r.refund
+    assert list(settled.paid[:3]) == [s.paid for s in r.slots]
+    tokens = [e for e in seen if isinstance(e, events.SeatToken)]
+    assert "".join(e.text for e in tokens if e.streamed) == r.streamed == r.text
+    assert {e.seat for e in tokens} == {0, 1, 2} and len({e.seat for e in tokens if e.streamed}) == 1
+    delivered = [e for e in seen if isinstance(e, events.Delivered)]
+    assert sorted(e.seat for e in delivered) == [0, 1, 2] and all(e.tokens == r.slots[e.seat].tokens for e in delivered)
+    for d in delivered:  # a seat's answer comes after its last token
+        assert max(i for i, e in enumerate(seen) if isinstance(e, events.SeatToken) and e.seat == d.seat) < seen.index(d)
     assert {s.provider for s in r.slots} == {dev_account(i).address for i in OPEN_POOL}  # the whole pool drawn
     n = r.slots[0].tokens
     assert all(s.tokens == n and s.paid == n * PRICE and s.agreed and not s.slashed for s in r.slots)
@@ -148,15 +166,18 @@ def test_a_seat_killed_mid_stream_is_answered_by_an_added_seat(meshnet, tmp_path
     victim, spare = net.providers[3], dev_account(SPARE)
     killed = []
 
-    def on_any_token(seat, provider, text):
-        if provider == victim.address and not killed:
+    seen: list[events.QueryEvent] = []
+
+    def sink(event):
+        seen.append(event)
+        if isinstance(event, events.SeatToken) and event.provider == victim.address and not killed:
             net.mc.stake(spare, 100 * 10**6)
             os.kill(victim.proc.pid, signal.SIGKILL)
-            killed.append(seat)
+            killed.append(event.seat)
 
     journal = Journal(tmp_path)
     try:
-        r = run_ask(net, c, journal_root=tmp_path, max_tokens=48, on_any_token=on_any_token)
+        r = run_ask(net, c, journal_root=tmp_path, max_tokens=48, sink=sink)
     finally:
         net.stop(3)
         net.start(3, "--claim-poll", "0.5")
@@ -165,6 +186,12 @@ def test_a_seat_killed_mid_stream_is_answered_by_an_added_seat(meshnet, tmp_path
     assert len(r.slots) == 4 and r.slots[3].provider == spare.address and r.slots[3].status == "delivered"
     assert r.slots[killed[0]].status.startswith("failed")
     assert r.outcome == "pending" and not r.settled and r.agreement == "3/3"
+    (failed,) = [e for e in seen if isinstance(e, events.SeatFailed)]
+    (added,) = [e for e in seen if isinstance(e, events.SeatAdded)]
+    (pending,) = [e for e in seen if isinstance(e, events.Pending)]
+    assert failed.seat == killed[0] and failed.provider == victim.address and (added.seat, added.provider) == (3, spare.address)
+    assert seen.index(failed) < seen.index(added) < seen.index(pending) == len(seen) - 1
+    assert pending.missing == (killed[0],) and pending.deadline > pending.now
     p = net.deployment.params
     net.advance(p.delivery_window + p.claim_window)
     (done,) = settle_pending(net.chain, c, journal)
@@ -201,8 +228,10 @@ def test_too_few_or_too_dear_providers_is_a_clear_error_before_any_transaction(m
     nonce = net.chain.w3.eth.get_transaction_count(me)
     with pytest.raises(QueryError, match="a verified query needs three"):
         eligible(net.chain, discover(net.chain, net.model_hash, group_id("nobody")), me, MAX, CAP)
-    with pytest.raises(QueryError, match="raise --max-price to at least 10"):
+    with pytest.raises(QueryError, match="charge at most") as e:
         eligible(net.chain, discover(net.chain, net.model_hash), me, MAX, 5)
+    assert e.value.code == "price_cap_too_low" and e.value.needed_price == 10
+    assert sentence(e.value).endswith("raise --max-price to at least 10")  # the CLI's words, not the library's
     court = eligible(net.chain, discover(net.chain, net.model_hash, COURT_GROUP), me, MAX, CAP)
     assert {o.address for o in court} == {dev_account(i).address for i in COURT}
     assert net.chain.w3.eth.get_transaction_count(me) == nonce
@@ -307,9 +336,11 @@ def test_a_prompt_too_long_for_the_context_is_refused_before_any_escrow(meshnet,
     before = net.chain.balance(c.address) + net.mc.credit(c.address)
     journal = Journal(tmp_path)
     asker = Asker(net.chain, c, journal=journal)
-    with pytest.raises(QueryError, match="cannot fit the providers' context of at most 2048"):
+    with pytest.raises(QueryError, match="cannot fit the providers' context of at most 2048") as e:
         asker.ask([("user", "word " * 6000)], net.model_hash, discover(net.chain, net.model_hash),
                   AskOptions(max_tokens=MAX, max_price=CAP, min_pool=0))
+    assert e.value.code == "context_overflow" and e.value.limit == 2048 and e.value.job_id
+    assert f"job 0x{e.value.job_id.hex()} was opened but not drawn" in sentence(e.value)
     assert net.chain.balance(c.address) + net.mc.credit(c.address) == before  # no escrow, no token spent
     (pending,) = journal.pending()
     assert pending.job.drawn_at == 0 and net.mc.is_open(pending.job)

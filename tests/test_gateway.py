@@ -28,7 +28,7 @@ import openai
 import pytest
 
 from meshmarket.consumer.gateway.config import GatewayConfig
-from meshmarket.consumer.gateway.market import MarketSettings
+from meshmarket.consumer.gateway.dispatch import DispatchSettings
 from meshmarket.consumer.gateway.thread import GatewayThread
 from meshmarket.consumer.journal import Journal
 from meshmarket.consumer.selection import Selector
@@ -95,7 +95,7 @@ def attach(chain: Chain):
     return MeshNet.attach(chain)
 
 
-def start_gateway(chain, consumer, root: Path, config: GatewayConfig, settings: MarketSettings,
+def start_gateway(chain, consumer, root: Path, config: GatewayConfig, settings: DispatchSettings,
                   selector: Selector | None = None) -> GatewayThread:
     return GatewayThread(chain, consumer, config, settings, selector=selector, journal=Journal(root / "jobs"),
                          spending_path=root / "spending.json").start()
@@ -114,7 +114,7 @@ def _start_shared() -> SharedMarket:
         selector = Selector.open(chain, url=f"sqlite:///{home / 'gateway-a.sqlite'}")
         gw = start_gateway(chain, consumer, root,
                            GatewayConfig(max_price=CAP, request_cap=REQUEST_CAP, explorer_poll_ms=400),
-                           MarketSettings(refresh_every=5, settle_every=10), selector)
+                           DispatchSettings(refresh_every=5, settle_every=10), selector)
         model = client(gw.url).models.list().data[0].id
         return SharedMarket(home, record, chain, net, consumer, Journal(root / "jobs"), selector, gw, model)
     except BaseException:
@@ -339,7 +339,7 @@ def test_daily_cap_and_a_failure_mid_stream(market, tmp_path):
     consumer = market.net.new_consumer()
     # one job of 64 tokens may take 64 x 20 x (3 seats + the jury reserve) = 5,120: it fits; 100 tokens do not
     cheap = GatewayConfig(max_price=CAP, daily_cap=6_000, max_seats=3)
-    settings = MarketSettings(first_token_timeout=8, token_timeout=2, settle_every=3600)
+    settings = DispatchSettings(first_token_timeout=8, token_timeout=2, settle_every=3600)
     with start_gateway(market.chain, consumer, tmp_path, cheap, settings) as gw:
         c = client(gw.url)
         with pytest.raises(openai.RateLimitError) as e:
@@ -598,10 +598,73 @@ def test_an_api_key_is_required_everywhere_when_set():
         basic = "Basic " + base64.b64encode(f"me:{key}".encode()).decode()
         assert http(s, "GET", "/", headers={"authorization": basic})[0] == 200
     for host in ("0.0.0.0", "192.168.1.10", "::"):
-        with pytest.raises(ConfigError, match="API key"):
+        with pytest.raises(ConfigError, match="API key") as e:
             check_bind(host, None)
+        assert e.value.code == "api_key_required"
         check_bind(host, key)
     check_bind("127.0.0.1", None)
+
+
+def test_a_querys_errors_map_to_http_by_their_code_alone():
+    """The gateway's one table (consumer.gateway.dispatch.ERRORS): each error a query can raise,
+    built as the library builds it, has its HTTP status, OpenAI type and code; a code the table
+    does not know is a 502 (the market failed), and what is not a MeshError at all a 500 (app.py)."""
+    from meshmarket.consumer.gateway.dispatch import ERRORS, UNKNOWN, gateway_error
+    from meshmarket.mesh.errors import (ChainError, ContractReverted, JobSlotsFull, MeshError, NodeUnreachable, NoGas,
+                                        NotDeployed, PromptTooLong, ProviderFailed, RequestRefused, TooFewProviders,
+                                        WrongChain)
+
+    job = b"\x01" * 32
+    refused = ProviderFailed("context_overflow", "2535 tokens do not fit 2048", "0xabc")
+    cases = {  # the error -> (its code, status, OpenAI type, OpenAI code)
+        TooFewProviders("only 2"): ("too_few_providers", 503, "market_unavailable", "too_few_providers"),
+        TooFewProviders("dear", code="price_cap_too_low", needed_price=10):
+            ("price_cap_too_low", 503, "market_unavailable", "too_few_providers"),
+        TooFewProviders("stake", code="not_enough_stake"):
+            ("not_enough_stake", 503, "market_unavailable", "too_few_providers"),
+        TooFewProviders("jury", code="pool_cannot_seat_jury", limit=6):
+            ("pool_cannot_seat_jury", 503, "market_unavailable", "too_few_providers"),
+        PromptTooLong("too long", job_id=job, limit=2048):
+            ("context_overflow", 400, "invalid_request_error", "context_length_exceeded"),
+        RequestRefused("refused", job_id=job, fault=refused, deadline=0, now=0):
+            ("context_overflow", 400, "invalid_request_error", "context_length_exceeded"),
+        RequestRefused("refused", job_id=job, fault=ProviderFailed("bad_request", "no"), deadline=0, now=0):
+            ("request_refused", 400, "invalid_request_error", "request_refused"),
+        ContractReverted("openJob refused: balance", None, "ERC20InsufficientBalance"):
+            ("insufficient_funds", 402, "insufficient_quota", "insufficient_funds"),
+        ContractReverted("openJob refused: allowance", None, "ERC20InsufficientAllowance"):
+            ("insufficient_funds", 402, "insufficient_quota", "insufficient_funds"),
+        NoGas("openJob: cannot pay for gas"): ("no_gas", 402, "insufficient_quota", "insufficient_funds"),
+        ContractReverted("drawSeats refused: only 2", None, "NotEnoughProviders"):
+            ("too_few_providers", 503, "market_unavailable", "too_few_providers"),
+        ContractReverted("openJob refused: slot", None, "SlotBusy"):
+            ("job_slots_full", 429, "rate_limit_exceeded", "too_many_open_jobs"),
+        JobSlotsFull("16 jobs open"): ("job_slots_full", 429, "rate_limit_exceeded", "too_many_open_jobs"),
+        ContractReverted("settle refused: bad signature", None, "BadSignature"):
+            ("reverted", 502, "provider_error", "chain_refused"),
+        ChainError("the node timed out"): ("chain_error", 503, "market_unavailable", "chain_unavailable"),
+        NodeUnreachable("no node"): ("node_unreachable", 503, "market_unavailable", "chain_unavailable"),
+        WrongChain("chain 1"): ("wrong_chain", 503, "market_unavailable", "chain_unavailable"),
+        NotDeployed("no code"): ("not_deployed", 503, "market_unavailable", "chain_unavailable"),
+        MeshError("something new"): ("error", 502, "provider_error", "market_error"),
+        ProviderFailed("internal", "a seat failed"): ("internal", 502, "provider_error", "market_error"),
+    }
+    for exc, (code, status, kind, openai_code) in cases.items():
+        err = gateway_error(exc, account="0xme", param="messages", job_id=None, drawn=False, receipt=None)
+        assert (exc.code, err.status, err.type, err.code) == (code, status, kind, openai_code), exc
+        assert exc.message in err.message and "mesh " not in err.message and "--" not in err.message
+        assert err.param == ("messages" if status == 400 else None) and err.spent == 0
+    assert set(ERRORS) <= {code for code, *_ in cases.values()}  # every row of the table is tried above
+    assert UNKNOWN.status == 502
+    # How far the job got decides what it spent and whether a client may retry, never the text.
+    down = gateway_error(ChainError("timed out"), account="0xme", param="prompt", job_id=None, drawn=False, receipt=None)
+    assert down.retryable and down.spent == 0
+    opened = gateway_error(ChainError("timed out"), account="0xme", param="prompt", job_id=job, drawn=True,
+                           receipt={"job_id": "0x" + job.hex()})
+    assert not opened.retryable and opened.spent is None and opened.body()["error"]["meshmarket"]["job_id"]
+    funds = gateway_error(ContractReverted("openJob refused: balance 0", None, "ERC20InsufficientBalance"),
+                          account="0xme", param="prompt", job_id=None, drawn=False, receipt=None)
+    assert funds.message == "The gateway's account 0xme cannot pay this job's escrow: openJob refused: balance 0"
 
 
 def test_stream_policy_never_shows_a_lone_seats_text():

@@ -10,7 +10,7 @@ gets verified, paid answers from the market, and a page to watch the market.
     streaming.py  which seat's text a stream may show before the seats are compared
     catalog.py    models, offers and manifests, kept warm
     lanes.py      several queries of one account at once (transactions, job slots)
-    market.py     MarketBackend: one verified query per request (consumer.ask)
+    dispatch.py   Dispatcher: one verified, paid query per request (consumer.ask), its errors by code
     receipts.py   from a Receipt to an OpenAI answer, usage and the `meshmarket` field
     snapshot.py   the explorer's data (ledger, catalog, observations)
     serve.py      hypercorn's trio worker in the caller's loop

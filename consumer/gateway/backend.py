@@ -1,7 +1,7 @@
 """The contract between the HTTP gateway and what answers its queries.
 
 The gateway (consumer.gateway.app) speaks OpenAI's HTTP API; a `Backend` does the work. The product's
-backend is the market (consumer.gateway.market.MarketBackend: draw three seats on-chain, fan out,
+backend is the market (consumer.gateway.dispatch.Dispatcher: draw three seats on-chain, fan out,
 compare, settle); tests of pure HTTP behaviour use a fake. Everything here is plain data: no HTTP,
 no JSON, no chain.
 
@@ -101,12 +101,16 @@ class GatewayError(MeshError):
     402     insufficient_quota     insufficient_funds         not enough MESH or allowance
     404     invalid_request_error  model_not_found            no such model on the market
     429     insufficient_quota     insufficient_quota         the daily cap would be exceeded
+    429     rate_limit_exceeded    too_many_open_jobs         the account's job slots are all open
     502     provider_error         providers_failed           no verified answer (seats failed)
     502     provider_error         no_agreement               the seats disagree, no majority
     502     provider_error         stream_outvoted            what was streamed is not what was verified
+    502     provider_error         chain_refused, ...         the contracts refused the job
     503     market_unavailable     too_few_providers, ...     the market cannot draw a job now
     503     market_unavailable     chain_unavailable          the chain node does not answer
     ======  =====================  =========================  ======================================
+
+    A query's own errors (MeshError codes) are mapped in one table, consumer.gateway.dispatch.ERRORS.
 
     Keyword-only extras:
 
@@ -115,7 +119,7 @@ class GatewayError(MeshError):
     - `retryable`: tell HTTP clients they may retry (`x-should-retry`). False by default: the
       official client otherwise retries 429 and 5xx by itself, and a paid request must not be
       repeated behind the user's back.
-    - `receipt`: what is known about the job (its id for `mesh settle`, the seats), sent as the
+    - `receipt`: what is known about the job (its id to follow it, the seats), sent as the
       error's `meshmarket` field.
     """
 

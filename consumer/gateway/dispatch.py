@@ -1,12 +1,13 @@
-"""The market behind the gateway: `MarketBackend` answers each OpenAI request with one verified,
-paid query (consumer.ask.Asker.ask_on) on the gateway's warm libp2p node, chain connection and
-catalog of offers and manifests.
+"""The HTTP gateway's dispatcher: `Dispatcher` answers each OpenAI request with one verified, paid
+query (consumer.ask.Asker.ask_on) on the gateway's warm libp2p node, chain client and catalog of
+offers and manifests, and renders the query's events (consumer.query_events) as the stream's
+text.
 
 One request:
     resolve the model in the catalog (memory)              404 model_not_found
     check prompt + max_tokens against the pool's context    400 context_length_exceeded
     wait for a turn of the model's pool (see below)
-    ask_on: open, draw, fan out, compare, settle           503 / 402 before any escrow
+    ask_on: open, draw, fan out, compare, settle           ERRORS: the error's code -> status
     map the receipt (consumer.gateway.receipts)             502 when two seats did not agree
 
 A pool serves a limited number of jobs at once: a provider runs one job at a time and refuses
@@ -29,10 +30,11 @@ from dataclasses import dataclass
 import trio
 from eth_account.signers.local import LocalAccount
 
+from meshmarket.consumer import query_events as ev
 from meshmarket.consumer.ask import AskOptions, Asker
 from meshmarket.consumer.gateway.backend import Completion, CompletionRequest, GatewayError, OnToken
 from meshmarket.consumer.gateway.catalog import Catalog, ModelEntry
-from meshmarket.consumer.gateway.lanes import QueryMarket, SerialChain
+from meshmarket.consumer.gateway.lanes import JobChainClient, SerialChain
 from meshmarket.consumer.gateway.receipts import (estimate_prompt_tokens, outcome_error, receipt_json, to_completion)
 from meshmarket.consumer.gateway.snapshot import Snapshots, job_json
 from meshmarket.consumer.gateway.streaming import StreamMode, StreamPolicy
@@ -41,19 +43,70 @@ from meshmarket.consumer.receipt import Receipt
 from meshmarket.consumer.selection import Selector
 from meshmarket.consumer.settlement import settle_pending
 from meshmarket.mesh.chain import Chain
-from meshmarket.mesh.errors import ChainError, ContractReverted, MeshError, ProtocolError, QueryError
+from meshmarket.mesh.errors import MeshError, ProtocolError
 from meshmarket.mesh.market import ZERO32, job_state
 from meshmarket.mesh.p2p import Node
 from meshmarket.mesh.protocol import Sampling
 
 log = logging.getLogger("meshmarket.gateway")
 
-_NO_FUNDS = {"ERC20InsufficientBalance", "ERC20InsufficientAllowance"}
+
+@dataclass(frozen=True)
+class HttpError:
+    """How a MeshError code reaches an OpenAI client: status, error type and code, and the message
+    around the error's own ({message}; {account}: the gateway's paying account)."""
+
+    status: int
+    type: str
+    code: str
+    template: str = "{message}"
+    #: The request itself is at fault: the error names its prompt or messages as `param`.
+    about_request: bool = False
+    #: The client may send it again when no job was opened (nothing was spent, nothing is open).
+    retryable: bool = False
+
+
+_TOO_FEW = HttpError(503, "market_unavailable", "too_few_providers")
+_CHAIN_DOWN = HttpError(503, "market_unavailable", "chain_unavailable", "The chain failed: {message}", retryable=True)
+_NO_FUNDS = HttpError(402, "insufficient_quota", "insufficient_funds",
+                      "The gateway's account {account} cannot pay this job's escrow: {message}")
+
+#: The one table from the errors of a query (MeshError.code, mesh/errors.py) to HTTP. A code not in
+#: it is UNKNOWN: the market failed in a way this gateway does not tell apart.
+ERRORS: dict[str, HttpError] = {
+    "context_overflow": HttpError(400, "invalid_request_error", "context_length_exceeded", about_request=True),
+    "request_refused": HttpError(400, "invalid_request_error", "request_refused", about_request=True),
+    "too_few_providers": _TOO_FEW,
+    "price_cap_too_low": _TOO_FEW,
+    "not_enough_stake": _TOO_FEW,
+    "pool_cannot_seat_jury": _TOO_FEW,
+    "insufficient_funds": _NO_FUNDS,
+    "no_gas": HttpError(402, "insufficient_quota", "insufficient_funds",
+                        "The gateway's account {account} cannot pay for gas: {message}"),
+    "job_slots_full": HttpError(429, "rate_limit_exceeded", "too_many_open_jobs"),
+    "reverted": HttpError(502, "provider_error", "chain_refused", "The market refused the job: {message}"),
+    "chain_error": _CHAIN_DOWN,
+    "node_unreachable": _CHAIN_DOWN,
+    "wrong_chain": _CHAIN_DOWN,
+    "not_deployed": _CHAIN_DOWN,
+}
+UNKNOWN = HttpError(502, "provider_error", "market_error", "The market failed: {message}")
+
+
+def gateway_error(exc: MeshError, *, account: str, param: str, job_id: bytes | None, drawn: bool,
+                  receipt: dict | None) -> GatewayError:
+    """The OpenAI error for a query that failed with `exc`: status, type and code by the error's
+    code (ERRORS); what it spent by how far its job got (`job_id` opened, `drawn`); `param` is the
+    request's prompt field, named when the request itself is at fault."""
+    h = ERRORS.get(exc.code, UNKNOWN)
+    return GatewayError(h.status, h.type, h.code, h.template.format(message=exc.message, account=account),
+                        param if h.about_request else None, spent=None if drawn else 0,
+                        retryable=h.retryable and job_id is None, receipt=receipt)
 
 
 @dataclass(frozen=True)
-class MarketSettings:
-    """How the gateway uses the market; every default says why."""
+class DispatchSettings:
+    """How the HTTP gateway uses the market; every default says why."""
 
     #: The pool: ZERO32 the open market, else a private group (mesh.market.group_id(name)).
     group: bytes = ZERO32
@@ -75,20 +128,21 @@ class _OpenJobs(Journal):
     """The journal as settle_pending sees it from the gateway: without the jobs of running requests
     (their query settles them; two settlements would race)."""
 
-    def __init__(self, journal: Journal, running: set) -> None:
+    def __init__(self, journal: Journal, running: set[_Request]) -> None:
         self.root = journal.root
         self._running = running
 
     def pending(self) -> list[PendingJob]:
-        busy = {q.market.job_id for q in self._running}
+        busy = {r.client.job_id for r in self._running}
         return [p for p in super().pending() if p.job_id not in busy]
 
 
-class MarketBackend:
-    """consumer.gateway.backend.Backend over the real market."""
+class Dispatcher:
+    """consumer.gateway.backend.Backend over the real market: one paid query per request."""
 
-    def __init__(self, chain: Chain, account: LocalAccount, node: Node, *, settings: MarketSettings = MarketSettings(),
-                 selector: Selector | None = None, journal: Journal | None = None) -> None:
+    def __init__(self, chain: Chain, account: LocalAccount, node: Node, *,
+                 settings: DispatchSettings = DispatchSettings(), selector: Selector | None = None,
+                 journal: Journal | None = None) -> None:
         self.chain = SerialChain.of(chain)
         self.account = account
         self.node = node
@@ -96,7 +150,7 @@ class MarketBackend:
         self.catalog = Catalog(self.chain, node, settings.group)
         self.journal = journal or Journal()
         self.selector = selector
-        self.running: set[_Query] = set()
+        self.running: set[_Request] = set()
         self._limiters: dict[bytes, trio.CapacityLimiter] = {}
         self._observed: list[tuple[str, str, float | None, bytes]] = []
         #: provider -> (sum of first-token ms, count), as this gateway saw them
@@ -177,14 +231,14 @@ class MarketBackend:
                           first_token_timeout=self.settings.first_token_timeout,
                           token_timeout=self.settings.token_timeout, max_seats=req.max_seats, dispute=req.dispute,
                           min_pool=self.settings.min_pool)
-        query = _Query(self, req, on_token)
+        request = _Request(self, req, on_token)
         async with self._limiter(entry):
-            self.running.add(query)
+            self.running.add(request)
             try:
-                receipt = await query.run(entry, sampling, opts)
+                receipt = await request.run(entry, sampling, opts)
             finally:
-                self.running.discard(query)
-        return query.result(entry, receipt)
+                self.running.discard(request)
+        return request.result(entry, receipt)
 
     # -------------------------------------------------------------------------- helpers
 
@@ -232,78 +286,52 @@ def _sampling(req: CompletionRequest) -> Sampling:
         raise GatewayError(400, "invalid_request_error", "invalid_value", str(exc), None, spent=0) from None
 
 
-class _Query:
-    """One request's query: its callbacks (every seat's tokens, failures) and market client."""
+class _Request:
+    """One HTTP request's query: its chain client (consumer.gateway.lanes.JobChainClient: the job it
+    opened, its transactions), and the rendering of the query's events as the stream's text."""
 
-    def __init__(self, backend: MarketBackend, req: CompletionRequest, on_token: OnToken) -> None:
-        self.b = backend
+    def __init__(self, dispatcher: Dispatcher, req: CompletionRequest, on_token: OnToken) -> None:
+        self.d = dispatcher
         self.req = req
         self.on_token = on_token
-        self.policy = StreamPolicy(backend.settings.stream_mode) if req.stream else None
-        self.market = QueryMarket(backend.chain)
-        self.seats_of: dict[str, set[int]] = {}
+        self.policy = StreamPolicy(dispatcher.settings.stream_mode) if req.stream else None
+        self.client = JobChainClient(dispatcher.chain)
 
-    def _token(self, seat: int, provider: str, text: str) -> None:
-        self.seats_of.setdefault(provider, set()).add(seat)
-        self.b.catalog.seen(provider)
-        if self.policy is not None:
-            out = self.policy.feed(seat, text)
-            if out:
-                self.on_token(out)
+    def event(self, event: ev.QueryEvent) -> None:
+        """The query's sink: every seat's tokens feed the stream policy, a failed seat may hand the
+        stream to another; the rest is logged."""
+        if isinstance(event, ev.SeatToken):
+            self.d.catalog.seen(event.provider)
+            self._release(self.policy.feed(event.seat, event.text) if self.policy else "")
+        elif isinstance(event, ev.SeatFailed):
+            self._release(self.policy.fail(event.seat) if self.policy else "")
+            log.info("gateway: %s: seat #%d %s failed (%s)", self.req.request_id, event.seat, event.provider,
+                     event.error.code)
+        else:
+            log.info("gateway: %s: %s", self.req.request_id, event)
 
-    def _observe(self, provider: str, kind: str, value: float | None, job_id: bytes) -> None:
-        self.b.observe(provider, kind, value, job_id)
-        if self.policy is not None and kind in ("failure", "timeout"):
-            for seat in self.seats_of.get(provider, ()):
-                out = self.policy.fail(seat)
-                if out:
-                    self.on_token(out)
-
-    def _event(self, msg: str) -> None:
-        log.info("gateway: %s: %s", self.req.request_id, msg)
+    def _release(self, text: str) -> None:
+        if text:
+            self.on_token(text)
 
     async def run(self, entry: ModelEntry, sampling: Sampling, opts: AskOptions) -> Receipt:
-        asker = Asker(self.b.chain, self.b.account, journal=self.b.journal, observe=self._observe,
-                      on_event=self._event, on_any_token=self._token)
-        asker.mc = self.market  # this query's client: slot choice under the lock, tx hashes
+        asker = Asker(self.d.chain, self.d.account, mc=self.client, journal=self.d.journal, observe=self.d.observe)
         try:
-            return await asker.ask_on(self.b.node, sampling, entry.model_hash, entry.offers, opts)
-        except QueryError as exc:
-            if self.market.drawn:  # the seats refused the request itself (consumer.query.REQUEST_FAULTS)
-                code = "context_length_exceeded" if "context" in str(exc) else "request_refused"
-                raise GatewayError(400, "invalid_request_error", code, str(exc),
-                                   "messages" if self.req.kind == "chat" else "prompt", receipt=self._partial()) from None
-            raise GatewayError(503, "market_unavailable", "too_few_providers", str(exc), None, spent=0) from None
-        except ContractReverted as exc:
-            raise self._reverted(exc) from None
-        except ChainError as exc:
-            raise GatewayError(503, "market_unavailable", "chain_unavailable", f"The chain failed: {exc}", None,
-                               spent=None if self.market.drawn else 0, retryable=not self.market.job_id,
-                               receipt=self._partial()) from None
-
-    def _reverted(self, exc: ContractReverted) -> GatewayError:
-        spent = None if self.market.drawn else 0
-        if exc.name in _NO_FUNDS:
-            return GatewayError(402, "insufficient_quota", "insufficient_funds",
-                                f"The gateway's account {self.b.account.address} cannot pay this job's escrow: {exc}",
-                                None, spent=spent, receipt=self._partial())
-        if exc.name == "NotEnoughProviders":
-            return GatewayError(503, "market_unavailable", "too_few_providers", str(exc), None, spent=spent,
-                                receipt=self._partial())
-        if exc.name == "SlotBusy" or "jobs open" in str(exc):
-            return GatewayError(429, "rate_limit_exceeded", "too_many_open_jobs", str(exc), None, spent=spent)
-        return GatewayError(502, "provider_error", "chain_refused", f"The market refused the job: {exc}", None,
-                            spent=spent, receipt=self._partial())
+            return await asker.ask_on(self.d.node, sampling, entry.model_hash, entry.offers, opts, sink=self.event)
+        except MeshError as exc:
+            raise gateway_error(exc, account=self.d.account.address,
+                                param="messages" if self.req.kind == "chat" else "prompt",
+                                job_id=self.client.job_id, drawn=self.client.drawn, receipt=self._partial()) from None
 
     def _partial(self) -> dict | None:
-        if self.market.job_id is None:
+        if self.client.job_id is None:
             return None
-        return {"job_id": "0x" + self.market.job_id.hex(), "tx": self.market.txs, "settled": False}
+        return {"job_id": "0x" + self.client.job_id.hex(), "tx": self.client.txs, "settled": False}
 
     def result(self, entry: ModelEntry, receipt: Receipt) -> Completion:
-        meshmarket = receipt_json(receipt, model=entry.id, txs=self.market.txs,
-                                  stream_mode=self.b.settings.stream_mode if self.req.stream else None)
-        self.b.recent.appendleft(meshmarket)
+        meshmarket = receipt_json(receipt, model=entry.id, txs=self.client.txs,
+                                  stream_mode=self.d.settings.stream_mode if self.req.stream else None)
+        self.d.recent.appendleft(meshmarket)
         error = outcome_error(receipt, meshmarket)
         if error is not None:
             raise error
@@ -315,6 +343,5 @@ class _Query:
                                    "The text streamed so far is not the answer the seats verified (it is in "
                                    "meshmarket.text): discard what was shown.", None, spent=meshmarket["spent"],
                                    receipt=meshmarket)
-            if rest:
-                self.on_token(rest)
+            self._release(rest)
         return to_completion(receipt, self.req, meshmarket)

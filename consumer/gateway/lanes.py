@@ -1,11 +1,12 @@
 """Many queries of one account at once, safely.
 
-The chain gateway sends each transaction with the account's pending nonce, and `openJob` takes the
-first free job slot it reads: two queries of the same account running at once would pick the same
-nonce or the same slot, and one of them would fail. The CLI runs one query at a time and never
-meets this; a gateway serves several. So the gateway's chain sends one transaction of its process
-at a time (`SerialChain`), and each query's market client (`QueryMarket`) picks its slot and opens
-its job under the same lock, and remembers the hashes of the transactions it sent for the receipt.
+The chain client (mesh.chain.Chain) sends each transaction with the account's pending nonce, and
+`openJob` takes the first free job slot it reads: two queries of the same account running at once
+would pick the same nonce or the same slot, and one of them would fail. The CLI runs one query at a
+time and never meets this; the HTTP gateway serves several. So the HTTP gateway's chain client sends
+one transaction of its process at a time (`SerialChain`), and each query's contract client
+(`JobChainClient`, a mesh.market.MarketClient) picks its slot and opens its job under the same lock,
+and remembers the hashes of the transactions it sent for the receipt.
 
 The lock is held while a transaction is mined: on a chain that mines at once (Anvil) that is a few
 milliseconds; on a chain with block times, concurrent queries wait for each other's blocks (a nonce
@@ -40,9 +41,9 @@ class SerialChain(Chain):
             return super().transact(account, fn, **kwargs)
 
 
-class QueryMarket(MarketClient):
-    """The market client of one query: slot choice and opening under the chain's lock; the job it
-    opened, whether its seats were drawn, and its transactions' hashes."""
+class JobChainClient(MarketClient):
+    """The contract client of one query's job: slot choice and opening under the chain client's
+    lock; the job it opened, whether its seats were drawn, and its transactions' hashes."""
 
     chain: SerialChain
 

@@ -84,8 +84,7 @@ def outcome_error(receipt: Receipt, meshmarket: dict) -> GatewayError | None:
     if receipt.outcome == "refunded":
         why = "no seat returned a valid result; the escrow was refunded"
     else:
-        why = (f"only {k} seat(s) answered; the job settles after the seats' claim window and the gateway "
-               "moves it on (or run `mesh settle`)")
+        why = f"only {k} seat(s) answered; the job settles after the seats' claim window and the gateway moves it on"
     return GatewayError(502, "provider_error", "providers_failed",
                         f"No verified answer for job {job}: {why}. Statuses: "
                         + "; ".join(f"#{s.index} {s.status or 'no result'}" for s in receipt.slots) + ".",

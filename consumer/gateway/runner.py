@@ -1,7 +1,8 @@
-"""The whole gateway in one trio task: the consumer's libp2p node, the market backend and its
-background tasks, and hypercorn serving the ASGI app, until a graceful stop.
+"""The whole HTTP gateway in one trio task: the consumer's libp2p node, the dispatcher
+(consumer.gateway.dispatch) and its background tasks, and hypercorn serving the ASGI app, until a
+graceful stop.
 
-    await run_gateway(chain, account, GatewayConfig(...), MarketSettings(...), host="127.0.0.1",
+    await run_gateway(chain, account, GatewayConfig(...), DispatchSettings(...), host="127.0.0.1",
                       port=8000, shutdown_trigger=stop_event.wait)
 
 `task_status` reports (the bound URLs, the Gateway app) once requests are served.
@@ -18,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 
 from meshmarket.consumer.gateway.app import Gateway
 from meshmarket.consumer.gateway.config import GatewayConfig
-from meshmarket.consumer.gateway.market import MarketBackend, MarketSettings
+from meshmarket.consumer.gateway.dispatch import DispatchSettings, Dispatcher
 from meshmarket.consumer.gateway.serve import check_bind, serve
 from meshmarket.consumer.journal import Journal
 from meshmarket.consumer.selection import Selector
@@ -26,14 +27,14 @@ from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.p2p import Node
 
 
-async def run_gateway(chain: Chain, account: LocalAccount, config: GatewayConfig, settings: MarketSettings, *,
+async def run_gateway(chain: Chain, account: LocalAccount, config: GatewayConfig, settings: DispatchSettings, *,
                       host: str = "127.0.0.1", port: int = 8000, selector: Selector | None = None,
                       journal: Journal | None = None, spending_path: Path | None = None,
                       shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                       task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     check_bind(host, config.api_key)  # before anything starts
     async with Node.start(bytes(account.key)) as node:
-        backend = MarketBackend(chain, account, node, settings=settings, selector=selector, journal=journal)
+        backend = Dispatcher(chain, account, node, settings=settings, selector=selector, journal=journal)
         app = Gateway(backend, config, spending_path=spending_path)
         async with trio.open_nursery() as n:
             await n.start(backend.run)

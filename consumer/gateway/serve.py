@@ -26,9 +26,9 @@ log = logging.getLogger("meshmarket.gateway")
 
 def check_bind(host: str, api_key: str | None) -> None:
     if not is_loopback_host(host) and not api_key:
-        raise ConfigError(f"binding the gateway to {host!r} exposes your wallet to the network",
-                          "set an API key ($MESH_GATEWAY_KEY or --api-key-file; every request must then carry "
-                          "it), or bind to 127.0.0.1")
+        raise ConfigError(f"binding the gateway to {host!r} without an API key exposes your wallet to the network",
+                          "set an API key (every request must then carry it), or bind to 127.0.0.1",
+                          code="api_key_required")
 
 
 def hypercorn_config(host: str, port: int) -> Config:

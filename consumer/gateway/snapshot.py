@@ -86,7 +86,7 @@ class Snapshots:
     """The explorer's snapshot, cached; the ledger's upkeep (observations, indexing)."""
 
     def __init__(self, backend: Any) -> None:
-        """`backend`: the MarketBackend (its catalog, chain, selector, latency, recent jobs)."""
+        """`backend`: the Dispatcher (its catalog, chain, selector, latency, recent jobs)."""
         self.b = backend
         self._snap: dict | None = None
         self._at = -1e9

@@ -87,7 +87,7 @@ class SpendingGuard:
                 402, "insufficient_quota", "request_budget_exceeded",
                 f"This request could cost up to {format_amount(estimate)} (max_tokens x max price x every seat a job "
                 f"may grow to, plus the jury reserve), over the per-request cap of {format_amount(self.request_cap)}. "
-                "Lower max_tokens or meshmarket.max_price, or raise the gateway's --request-cap.", param, spent=0)
+                "Lower max_tokens or meshmarket.max_price, or raise the gateway's request cap.", param, spent=0)
         if self.daily_cap is not None and self._spent + self._reserved + estimate > self.daily_cap:
             left = max(0, self.daily_cap - self._spent - self._reserved)
             raise GatewayError(

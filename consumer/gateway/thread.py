@@ -14,14 +14,14 @@ from typing import Any
 import trio
 
 from meshmarket.consumer.gateway.config import GatewayConfig
-from meshmarket.consumer.gateway.market import MarketSettings
+from meshmarket.consumer.gateway.dispatch import DispatchSettings
 from meshmarket.consumer.gateway.runner import run_gateway
 
 
 class GatewayThread:
     """run_gateway(...) on 127.0.0.1 (port 0: a free one) until `close()`; `url` once started."""
 
-    def __init__(self, chain, account, config: GatewayConfig, settings: MarketSettings = MarketSettings(), *,
+    def __init__(self, chain, account, config: GatewayConfig, settings: DispatchSettings = DispatchSettings(), *,
                  host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0, **kwargs: Any) -> None:
         self._args = (chain, account, config, settings)
         self._kwargs = dict(kwargs, host=host, port=port)
