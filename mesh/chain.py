@@ -169,11 +169,17 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def node_refused(exc: Web3RPCError, action: str, sender: str) -> ChainError:
-    """The typed error for a node's refusal of a transaction. Nodes say why only in their error's
-    text (no code for it in JSON-RPC or web3): this is the one place that reads it."""
-    if "insufficient funds" in str(exc).lower():
-        return NoGas(f"{action}: {sender} cannot pay for gas", "fund the account with ETH")
+def node_refused(w3: Web3, exc: Web3RPCError, action: str, sender: str, tx: dict | None = None) -> ChainError:
+    """The typed error for a node's refusal of a transaction. Nodes give the reason only as text
+    (JSON-RPC has no code for it), so the reason is established from the chain instead: a sender
+    whose ETH cannot cover the transaction's gas at its fee (or holds none) cannot pay for gas."""
+    balance = w3.eth.get_balance(sender)
+    need = 0
+    if tx is not None:
+        need = int(tx.get("gas", 0)) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0))) + int(tx.get("value", 0))
+    if balance == 0 or balance < need:
+        return NoGas(f"{action}: {sender} cannot pay for gas (it holds {balance} wei, the transaction needs "
+                     f"{need} wei at most)", "fund the account with ETH")
     return ChainError(f"{action}: the node refused the transaction ({exc})")
 
 
@@ -297,12 +303,12 @@ def send(w3: Web3, account: LocalAccount, fn, decoder: RevertDecoder, *, action:
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise decoder.decode(_revert_data(exc), action) from exc
     except Web3RPCError as exc:
-        raise node_refused(exc, action, account.address) from exc
+        raise node_refused(w3, exc, action, account.address) from exc
     signed = account.sign_transaction(tx)
     try:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     except Web3RPCError as exc:
-        raise node_refused(exc, action, account.address) from exc
+        raise node_refused(w3, exc, action, account.address, tx) from exc
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.01)
     if receipt["status"] != 1:
         # Replay at the block to learn the reason (state moved between estimate and inclusion).

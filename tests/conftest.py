@@ -25,8 +25,13 @@ FUNDS = 10**12  # minted to every dev account but the deployer
 STAKE = 10**9
 
 
-#: Tests that start provider processes (the shared devnet, the demo, the CLI) run on one xdist
-#: worker, one after another, so two copies of the devnet never compete for the two cores.
+#: How the two xdist workers share the suite (`--dist loadgroup`). A group runs on one worker, one
+#: test after another; everything else goes wherever a worker is free. Groups exist where a test
+#: shares something costly or must not overlap: the shared devnet (`meshnet`: nine provider
+#: processes, started once per worker that needs it, so its tests stay on one worker), and the
+#: modules that mark themselves "processes" (the gateway's devnet, the explorer, network
+#: namespaces, the crash test, the 1,050-peer test). The demo and the CLI tests start their own
+#: small markets and run beside the rest.
 PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py", "test_gateway.py", "test_explorer.py")
 
 
@@ -38,10 +43,11 @@ SLOW_FILES = frozenset({*PROCESS_TESTS, "test_crash.py", "test_invariants.py", "
                         "test_prompt.py", "test_fuzz.py", "test_artifacts.py"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "meshnet" in item.fixturenames or item.path.name in PROCESS_TESTS:
-            item.add_marker(pytest.mark.xdist_group("processes"))
+        if "meshnet" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("meshnet"))
         params = getattr(item, "callspec", None)
         postgres = params is not None and params.params.get("ledger_url") == "postgresql"
         if not (SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or postgres
