@@ -44,7 +44,8 @@ from eth_utils import keccak  # noqa: E402
 
 from meshmarket.contracts.deploy import deploy  # noqa: E402
 from meshmarket.ledger import Reputation, open_ledger  # noqa: E402
-from meshmarket.ledger.indexer import EventDecoder, Indexer  # noqa: E402
+from meshmarket.ledger.indexer import Indexer, chain_event  # noqa: E402
+from meshmarket.mesh.events import EventDecoder  # noqa: E402
 from meshmarket.mesh.anvil import start_anvil  # noqa: E402
 from meshmarket.mesh.chain import Chain, connect  # noqa: E402
 from meshmarket.mesh.config import MarketParams  # noqa: E402
@@ -372,7 +373,7 @@ class Market:
     def read_block(self, block: int, sent: list[tuple[BenchJob, str]], live: dict[bytes, BenchJob]) -> None:
         logs = self.s.rpc("eth_getLogs", [{"fromBlock": hex(block), "toBlock": hex(block),
                                             "address": [self.chain.deployment.market]}])
-        events = [e for e in (self.decoder.decode(log, self.ts) for log in logs) if e is not None]
+        events = [chain_event(e, self.ts) for e in map(self.decoder.decode, logs) if e is not None]
         seen = {(e.args["jobId"], e.name) for e in events}
         opened = {(e.args["consumer"], e.args["slot"]): e for e in events if e.name == "JobOpened"}
         for j, expect in sent:

@@ -3,9 +3,10 @@
     Indexer(ledger, chain).sync() -> SyncReport
 
 Each batch is one eth_getLogs over at most `batch_blocks` blocks for both contracts (halved
-automatically when a node refuses a range as too large), decoded against the contracts' ABIs
-(`EventDecoder`), and handed to `Ledger.apply_batch`, which stores the rows and moves the cursor
-in one transaction. So the indexer is:
+automatically when a node refuses a range as too large), decoded by the core's one decoder
+(mesh.events.EventDecoder), turned into the ledger's JSON-able `ChainEvent`s (`chain_event`) and
+handed to `Ledger.apply_batch`, which stores the rows and moves the cursor in one transaction. So
+the indexer is:
   - resumable: a crash loses at most the batch in flight, and the next sync redoes it;
   - idempotent: every log is keyed by (tx hash, log index); re-applying one adds nothing;
   - single-history: before indexing, the chain's id, genesis block, contract addresses and the
@@ -20,28 +21,20 @@ Reorganisations are not rolled back: on a chain that reorganises, index behind t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import collapse_if_tuple, keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from web3.exceptions import BlockNotFound
 
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import LedgerError
+from meshmarket.mesh.events import Event, EventDecoder
 
-from meshmarket.ledger.records import BatchResult, ChainEvent, ChainIdentity, Cursor, RegistryParams, checksum
+from meshmarket.ledger.records import BatchResult, ChainEvent, ChainIdentity, Cursor, RegistryParams
 from meshmarket.ledger.store import Ledger
 
-REGISTRY_EVENTS = (
-    "ProviderRegistered", "ProviderDeregistered", "Staked", "UnstakeRequested", "StakeWithdrawn",
-    "EarningsWithdrawn", "Slashed", "Deposited", "CreditWithdrawn", "ThawReclaimed",
-)
-MARKET_EVENTS = (
-    "JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested", "DisputeOpened",
-    "JuryDrawn", "EvidencePosted", "VoteCommitted", "VoteRevealed", "JobSettled", "JuryPaid",
-)
 #: Public RPC providers commonly cap eth_getLogs at 2k-10k blocks; 2,000 works nearly everywhere
 #: and keeps one batch's transaction short.
 DEFAULT_BATCH_BLOCKS = 2_000
@@ -51,179 +44,39 @@ RESET_HINT = ("keep this ledger for the chain it indexed and give this chain ano
               "`mesh ledger sync --reset`")
 
 
-def _to_bytes(v: Any) -> bytes:
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    s = str(v)
-    return bytes.fromhex(s[2:] if s.startswith("0x") else s)
-
-
 def _to_int(v: Any) -> int:
     return v if isinstance(v, int) else int(str(v), 16)
 
 
 def _hex(v: Any) -> str:
-    return "0x" + _to_bytes(v).hex()
+    if isinstance(v, (bytes, bytearray)):
+        return "0x" + bytes(v).hex()
+    s = str(v)
+    return s if s.startswith("0x") else "0x" + s
 
 
-def _array(abi_type: str) -> tuple[str, int | None] | None:
-    """(element type, length or None) of an array type; None for a non-array."""
-    if not abi_type.endswith("]"):
-        return None
-    i = abi_type.rindex("[")
-    n = abi_type[i + 1 : -1]
-    return abi_type[:i], int(n) if n else None
+def _jsonable(v: Any) -> Any:
+    """A decoded value as the ledger stores it: bytes as 0x hex, arrays as lists, structs as dicts
+    (addresses are checksummed strings already, integers and bools stay)."""
+    if isinstance(v, (bytes, bytearray)):
+        return "0x" + bytes(v).hex()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
 
 
-def _normalize(inp: Mapping[str, Any], value: Any) -> Any:
-    """eth_abi values -> JSON-able ones: checksummed addresses, 0x hex for bytes, lists for arrays,
-    dicts (by component name) for structs. `inp` is the ABI input (type and components)."""
-    t = inp["type"]
-    arr = _array(t)
-    if arr is not None:
-        return [_normalize({**inp, "type": arr[0]}, v) for v in value]
-    if t == "tuple":
-        return {c["name"]: _normalize(c, v) for c, v in zip(inp["components"], value)}
-    if t == "address":
-        return checksum(value)
-    if t.startswith("bytes"):
-        return "0x" + bytes(value).hex()
-    return value
-
-
-def _static_words(inp: Mapping[str, Any]) -> int | None:
-    """32-byte words a static ABI type occupies in place; None for a dynamic type."""
-    t = inp["type"]
-    arr = _array(t)
-    if arr is not None:
-        words = _static_words({**inp, "type": arr[0]}) if arr[1] is not None else None
-        return None if words is None else words * arr[1]
-    if t == "tuple":
-        parts = [_static_words(c) for c in inp["components"]]
-        return None if any(p is None for p in parts) else sum(parts)
-    if t in ("string", "bytes"):
-        return None
-    return 1
-
-
-def _reader(inp: Mapping[str, Any], offset: int = 0) -> Callable[[bytes], Any]:
-    """A function reading one static value at `offset` of ABI-encoded data, already normalized
-    (see `_normalize`). Built once per event type, so decoding a log is a few slices."""
-    t = inp["type"]
-    arr = _array(t)
-    if arr is not None:
-        elem = {**inp, "type": arr[0]}
-        step = 32 * (_static_words(elem) or 1)
-        readers = [_reader(elem, offset + i * step) for i in range(arr[1] or 0)]
-        return lambda d: [r(d) for r in readers]
-    if t == "tuple":
-        fields = []
-        at = offset
-        for c in inp["components"]:
-            fields.append((c["name"], _reader(c, at)))
-            at += 32 * (_static_words(c) or 1)
-        return lambda d: {name: read(d) for name, read in fields}
-    end = offset + 32
-    if t.startswith("uint"):
-        return lambda d: int.from_bytes(d[offset:end], "big")
-    if t == "address":
-        start = offset + 12
-        return lambda d: checksum("0x" + d[start:end].hex())
-    if t.startswith("bytes"):
-        stop = offset + int(t[5:])
-        return lambda d: "0x" + d[offset:stop].hex()
-    if t == "bool":
-        return lambda d: d[end - 1] == 1
-    if t.startswith("int"):
-        return lambda d: int.from_bytes(d[offset:end], "big", signed=True)
-    raise ValueError(f"not a static ABI type: {t}")
-
-
-@dataclass(frozen=True)
-class _EventSpec:
-    contract: str
-    name: str
-    #: The ABI inputs in the log's data, and their canonical types (for eth_abi).
-    data: tuple[Mapping[str, Any], ...]
-    types: tuple[str, ...]
-    #: Readers for the indexed topics, and for the data when every field is static: slicing
-    #: words is ~20x faster than eth_abi (and tested against it). Events with a dynamic field
-    #: (ProviderRegistered's endpoint, DisputeOpened's request, EvidencePosted's tokens) decode
-    #: their data with eth_abi.
-    topic_readers: tuple[tuple[str, Callable[[bytes], Any]], ...]
-    data_readers: tuple[tuple[str, Callable[[bytes], Any]], ...] | None
-
-
-class EventDecoder:
-    """Decodes raw logs (web3 AttributeDicts or plain JSON-RPC dicts) of the two contracts."""
-
-    def __init__(self, abis: Mapping[str, Sequence[Mapping[str, Any]]], addresses: Mapping[str, str],
-                 names: Mapping[str, Iterable[str]] | None = None) -> None:
-        names = names or {"registry": REGISTRY_EVENTS, "market": MARKET_EVENTS}
-        self.addresses = {to_checksum_address(a).lower(): c for c, a in addresses.items()}
-        self.specs: dict[bytes, _EventSpec] = {}
-        for contract, abi in abis.items():
-            wanted = set(names[contract])
-            for item in abi:
-                if item.get("type") != "event" or item["name"] not in wanted:
-                    continue
-                self._add(contract, item)
-                wanted.discard(item["name"])
-            if wanted:
-                raise LedgerError(f"the {contract} ABI has no event(s) {sorted(wanted)}",
-                                  "the contracts and the ledger are out of step: rebuild the contracts")
-
-    def _add(self, contract: str, item: Mapping[str, Any]) -> None:
-        types = [collapse_if_tuple(dict(i)) for i in item["inputs"]]
-        topic = keccak(text=f"{item['name']}({','.join(types)})")
-        # Indexed values of static types are one word each (no event here indexes a dynamic one).
-        indexed = tuple((i["name"], _reader(i)) for i in item["inputs"] if i.get("indexed"))
-        data = tuple(i for i in item["inputs"] if not i.get("indexed"))
-        data_types = tuple(t for i, t in zip(item["inputs"], types) if not i.get("indexed"))
-        data_readers = None
-        if all(_static_words(i) is not None for i in data):
-            offsets = [0]
-            for i in data:
-                offsets.append(offsets[-1] + 32 * (_static_words(i) or 1))
-            data_readers = tuple((i["name"], _reader(i, o)) for i, o in zip(data, offsets))
-        self.specs[topic] = _EventSpec(contract, item["name"], data, data_types, indexed, data_readers)
-
-    @classmethod
-    def for_chain(cls, chain: Chain) -> EventDecoder:
-        return cls({"registry": chain.registry.abi, "market": chain.market.abi},
-                   {"registry": chain.registry.address, "market": chain.market.address})
-
-    @property
-    def topics(self) -> list[str]:
-        return ["0x" + t.hex() for t in self.specs]
-
-    def decode(self, log: Mapping[str, Any], block_time: int | None = None) -> ChainEvent | None:
-        """One log -> ChainEvent; None for a log of another contract or event."""
-        topics = [_to_bytes(t) for t in log["topics"]]
-        if not topics:
-            return None
-        spec = self.specs.get(topics[0])
-        contract = self.addresses.get(str(log["address"]).lower())
-        if spec is None or contract != spec.contract:
-            return None
-        args: dict[str, Any] = {name: read(topic) for (name, read), topic in zip(spec.topic_readers, topics[1:])}
-        data = _to_bytes(log["data"])
-        if spec.data_readers is not None:
-            for name, read in spec.data_readers:
-                args[name] = read(data)
-        else:
-            for inp, v in zip(spec.data, abi_decode(list(spec.types), data)):
-                args[inp["name"]] = _normalize(inp, v)
-        if block_time is None:
-            ts = log.get("blockTimestamp")
-            if ts is None:
-                raise LedgerError("the node returned a log without its block's timestamp")
-            block_time = _to_int(ts)
-        return ChainEvent(
-            contract=spec.contract, name=spec.name, block_number=_to_int(log["blockNumber"]),
-            block_hash=_hex(log["blockHash"]), block_time=block_time, tx_hash=_hex(log["transactionHash"]),
-            log_index=_to_int(log["logIndex"]), args=args,
-        )
+def chain_event(e: Event, block_time: int | None = None) -> ChainEvent:
+    """A decoded log -> the ledger's ChainEvent (JSON-able arguments, hex hashes, its block's time:
+    `block_time`, else the one the node put in the log)."""
+    if block_time is None:
+        if e.block_time is None:
+            raise LedgerError("the node returned a log without its block's timestamp")
+        block_time = e.block_time
+    return ChainEvent(contract=e.contract, name=e.name, block_number=e.block_number, block_hash=_hex(e.block_hash),
+                      block_time=block_time, tx_hash=_hex(e.tx_hash), log_index=e.log_index,
+                      args={k: _jsonable(v) for k, v in e.args.items()})
 
 
 @dataclass(frozen=True)
@@ -333,7 +186,7 @@ class Indexer:
         reply = self.w3.provider.make_request("eth_getLogs", [{
             "fromBlock": hex(from_block), "toBlock": hex(to_block),
             "address": [self.chain.registry.address, self.chain.market.address],
-            "topics": [self.decoder.topics],
+            "topics": [self.decoder.topics()],
         }])
         if "error" in reply:
             err = reply["error"]
@@ -351,9 +204,9 @@ class Indexer:
                 if n not in times:
                     times[n] = int(self.w3.eth.get_block(n)["timestamp"])
                 bt = times[n]
-            ev = self.decoder.decode(log, bt)
+            ev = self.decoder.decode(log)
             if ev is not None:
-                events.append(ev)
+                events.append(chain_event(ev, bt))
         events.sort(key=lambda e: (e.block_number, e.log_index))
         return events
 

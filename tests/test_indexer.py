@@ -12,6 +12,7 @@ it signs with whichever account was drawn.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +20,7 @@ from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
 from meshmarket.ledger import ChainIdentity, RegistryParams, open_ledger
-from meshmarket.ledger.indexer import MARKET_EVENTS, REGISTRY_EVENTS, EventDecoder, Indexer
+from meshmarket.ledger.indexer import Indexer, chain_event
 from meshmarket.ledger.outcomes import OPEN_MARKET
 from meshmarket.ledger.records import checksum
 from meshmarket.mesh.anvil import start_anvil
@@ -27,6 +28,7 @@ from meshmarket.contracts.deploy import deploy, get_create_address
 from meshmarket.mesh.chain import Chain, connect
 from meshmarket.mesh.config import MarketParams
 from meshmarket.mesh.errors import LedgerError
+from meshmarket.mesh.events import MARKET_EVENTS, REGISTRY_EVENTS, EventDecoder
 from meshmarket.mesh.keys import dev_account
 from meshmarket.mesh.market import HARD, PASS, ResultClaim, commitment, pack_verdicts, vote_commitment
 from meshmarket.mesh.protocol import output_hash, pack_tokens
@@ -236,11 +238,11 @@ def test_ledger_mirrors_the_chain(market, ledger_url):  # noqa: F811
 def _all_logs(m):
     return m.chain.w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest",
                                     "address": [m.chain.registry.address, m.chain.market.address],
-                                    "topics": [EventDecoder.for_chain(m.chain).topics]})
+                                    "topics": [EventDecoder.for_chain(m.chain).topics()]})
 
 
 def _web3_value(v):
-    """web3's decoded value in the indexer's normal form (hex bytes, checksummed addresses)."""
+    """web3's decoded value in the ledger's JSON form (hex bytes, checksummed addresses)."""
     if isinstance(v, bytes):
         return "0x" + v.hex()
     if isinstance(v, str) and v.startswith("0x"):
@@ -252,19 +254,31 @@ def _web3_value(v):
     return v
 
 
-def test_fast_decoder_agrees_with_web3(market):
+def test_decoder_agrees_with_web3(market):
+    """The one decoder (mesh.events) reads every event of the scenario exactly as web3's
+    process_log does (same names, same typed values), from web3's logs and from the raw JSON-RPC
+    answer the indexer reads; the ledger's rows get its JSON form."""
     m = market
     scenario(m)
     dec = EventDecoder.for_chain(m.chain)
     logs = list(_all_logs(m))
+    raw = m.chain.w3.provider.make_request("eth_getLogs", [{
+        "fromBlock": "0x0", "toBlock": "latest", "address": [m.chain.registry.address, m.chain.market.address],
+        "topics": [dec.topics()]}])["result"]
+    assert len(raw) == len(logs)
     assert {dec.decode(log).name for log in logs} == set(REGISTRY_EVENTS) | set(MARKET_EVENTS)
-    for log in logs:
+    for log, rlog in zip(logs, raw):
         ours = dec.decode(log)
         contract = m.chain.registry if ours.contract == "registry" else m.chain.market
-        theirs = getattr(contract.events, ours.name)().process_log(log)["args"]
-        assert set(ours.args) == set(theirs)
-        for k, v in theirs.items():
-            assert ours.args[k] == _web3_value(v), (ours.name, k)
+        theirs = getattr(contract.events, ours.name)().process_log(log)
+        assert dict(ours.args) == dict(theirs["args"]), ours.name
+        assert (ours.block_number, ours.log_index, ours.tx_hash, ours.block_hash) == (
+            theirs["blockNumber"], theirs["logIndex"], bytes(theirs["transactionHash"]), bytes(theirs["blockHash"]))
+        assert replace(dec.decode(rlog), block_time=None) == replace(ours, block_time=None)
+        row = chain_event(ours, 0)
+        assert row.args == {k: _web3_value(v) for k, v in theirs["args"].items()}, ours.name
+        assert (row.tx_hash, row.block_hash) == ("0x" + ours.tx_hash.hex(), "0x" + ours.block_hash.hex())
+        json.dumps(row.args)  # what the ledger stores
 
 
 def test_sync_is_incremental_idempotent_and_bounded(market, tmp_path):
