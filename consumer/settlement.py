@@ -9,91 +9,28 @@ A query settles at once when every seat answered. Otherwise its job waits in the
     disputed                   draw the jury if nobody did; resolve after the court's reveal phase
     opened, never drawn        expire once its draw window (DRAW_WINDOW blocks) is over
 
-`next_action` decides (a pure function of the job's on-chain state, what the journal holds and the
-time); `settle_pending` does it. Anyone may finalize, resolve or draw a jury: the providers' keepers
-do the same, so a race is expected and a refusal that says the job moved on is not an error.
+The consumer's policy (`mesh.lifecycle.consumer_action`, a pure function of the job's on-chain
+state, the seats whose results the journal holds and the chain's clock) decides; `settle_pending`
+does it. Anyone may finalize, resolve or draw a jury: the providers' keepers do the same, so a race
+is expected and a refusal that says the job moved on is not an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
 
 from meshmarket.consumer.journal import Journal, PendingJob
 from meshmarket.mesh.chain import Chain
-from meshmarket.mesh.config import MarketParams
 from meshmarket.mesh.errors import ChainError
-from meshmarket.mesh.market import CLOSED, DRAW_WINDOW, OUTCOMES, ZERO32, JobState, MarketClient, job_state
+from meshmarket.mesh.events import get_events
+from meshmarket.mesh.lifecycle import Action, JobState, consumer_action, job_state
+from meshmarket.mesh.market import CLOSED, OUTCOMES, ZERO32, MarketClient
 from meshmarket.mesh.types import format_when
-
-
 
 #: How far back (blocks) `settle_pending` looks for jobs opened but never journaled.
 ORPHAN_SCAN = 100_000
-
-
-@dataclass(frozen=True)
-class Action:
-    #: "settle", "finalize", "resolve", "draw_jury", "expire" or "wait".
-    kind: str
-    #: Why, or until when (for "wait").
-    why: str
-    #: Chain time from which something can happen (0 when acting now or never).
-    at: int = 0
-
-
-def next_action(state: JobState, results: dict, params: MarketParams, now: int, block: int) -> Action:
-    """What the consumer can do for this job now. `results`: the signed results it holds by seat;
-    `now` the time a transaction sent now would see; `block` the latest block number."""
-    job = state.job
-    if state.contested:
-        return _court_action(state, params, now, block)
-    if job.drawn_at == 0:
-        if block > job.open_block + DRAW_WINDOW:
-            return Action("expire", "never drawn, and its draw window is over")
-        return Action("wait", f"never drawn; it expires after block {job.open_block + DRAW_WINDOW}")
-    claim_end = job.drawn_at + params.delivery_window + params.claim_window
-    reveal_end = claim_end + params.reveal_window
-    missing = [i for i in range(job.seat_count) if i not in results]
-    if now >= reveal_end:
-        return Action("finalize", "the reveal window is over")
-    if not missing:
-        return Action("settle", "every seat answered")
-    if now < claim_end:
-        return Action("wait", f"seat(s) {_seats(missing)} did not answer: their claim window ends", claim_end)
-    committed = [i for i in missing if i in state.committed]
-    if committed:
-        return Action("wait", f"seat(s) {_seats(committed)} claimed a result: it is revealed by", reveal_end)
-    return Action("settle", f"seat(s) {_seats(missing)} left out after their claim window")
-
-
-def _court_action(state: JobState, params: MarketParams, now: int, block: int) -> Action:
-    contest = state.contest
-    assert contest is not None
-    if state.disputer is None:
-        end = contest.contested_at + params.dispute_window
-        if now >= end:
-            return Action("resolve", "nobody disputed: the provisional outcome stands")
-        return Action("wait", "contested: a party may dispute until", end)
-    if state.void:
-        return Action("resolve", "no jury could be drawn: the provisional outcome stands")
-    if state.jury_at is None:
-        assert state.dispute_block is not None
-        if block > state.dispute_block + DRAW_WINDOW:
-            return Action("resolve", "no jury was drawn in its window: the provisional outcome stands")
-        if block > state.dispute_block:
-            return Action("draw_jury", "disputed: the jury is drawn")
-        return Action("wait", "disputed: the jury is drawn from the next block")
-    court_end = state.jury_at + 3 * params.court_phase
-    if now >= court_end:
-        return Action("resolve", "the jury has voted")
-    return Action("wait", "the jury judges until", court_end)
-
-
-def _seats(seats: list[int]) -> str:
-    return ", ".join(f"#{i}" for i in seats)
 
 
 def settle_pending(chain: Chain, account: LocalAccount, journal: Journal | None = None,
@@ -122,14 +59,13 @@ def _adopt_orphans(chain: Chain, account: LocalAccount, journal: Journal, say: C
         return
     head = chain.w3.eth.block_number
     start = max(chain.deployment.start_block or chain.deployment.block, head - ORPHAN_SCAN)
-    opened = chain.market.events.JobOpened().get_logs(from_block=start, to_block=head,
-                                                      argument_filters={"consumer": account.address})
-    for log in sorted(opened, key=lambda lg: lg["blockNumber"], reverse=True):
-        slot = int(log["args"]["slot"])
+    opened = get_events(chain, ["JobOpened"], start, head, None, account.address)
+    for ev in reversed(opened):
+        slot = int(ev.args["slot"])
         if slot not in busy:
             continue
         busy.remove(slot)
-        state = job_state(chain, bytes(log["args"]["jobId"]), log["blockNumber"])
+        state = job_state(chain, ev.args["jobId"], ev.block_number)
         if state is not None and not state.closed:
             journal.save(PendingJob(state.job_id, state.job))
             say(f"job 0x{state.job_id.hex()[:12]}… was open on-chain but not in the journal (a crash?): adopted")
@@ -147,8 +83,8 @@ def _advance(chain: Chain, account: LocalAccount, journal: Journal, pj: PendingJ
             journal.remove(pj.job_id)  # never opened on this chain (a crash before the receipt, or a new chain)
         return {"job_id": "0x" + pj.job_id.hex(), "action": "gone"}
     if not state.closed:
-        action = next_action(state, pj.results, chain.deployment.params, chain.pending_time(),
-                             chain.w3.eth.block_number)
+        action = consumer_action(state, pj.results.keys(), chain.deployment.params, chain.pending_time(),
+                                 chain.w3.eth.block_number)
         try:
             _act(mc, account, state, pj, action)
         except ChainError as exc:

@@ -4,14 +4,14 @@
 - `ResultClaim`: the EIP-712 `Result(bytes32 jobId,bytes32 outputHash,uint64 tokenCount)` a seat
   signs, domain {name "Meshmarket", version "2", chainId, verifyingContract = market}; signed and
   recovered with eth-account's EIP-712 implementation.
-- `Contest`: the results of a contested job, as the market hashed them (JobMarket.Contest).
+- `Contest` (defined with the job's lifecycle, mesh.lifecycle): a contested job's results.
 - `commitment(...)`, `vote_commitment(...)`: the hidden claims of the fallback path and of jurors.
-- `MarketClient`: one typed method per contract action, over `mesh.chain.Chain`.
+- `MarketClient`: one typed method per contract action, over `mesh.chain.Chain`; the events of its
+  receipts are read by the one decoder (mesh.events).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 
 from eth_abi import encode as abi_encode
@@ -20,10 +20,12 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
-from web3.logs import DISCARD
-
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import ChainError
+from meshmarket.mesh.events import EventDecoder
+# The job's lifecycle (its state, its clock, the contest) lives in mesh/lifecycle.py; these names
+# are re-exported for the importers that still take them from here.
+from meshmarket.mesh.lifecycle import CONTEST_ABI, DRAW_WINDOW, Contest, JobState, job_state  # noqa: F401
 from meshmarket.mesh.protocol import Job
 from meshmarket.mesh.types import JobId, TokenAmount
 
@@ -40,11 +42,8 @@ OUTCOMES = ("agreed", "provisional", "judged", "refunded")
 #: A juror's verdict on one seat (2 bits per seat in a vote).
 PASS, SOFT, HARD = 0, 1, 2
 ZERO32 = b"\x00" * 32
-CONTEST_ABI = "(bytes32[5],uint64[5],uint8,uint8,uint8,uint64,uint64[5])"
 CLOSED = b"\x00" * 31 + b"\x01"
 JOB_SLOT_RANGE = range(16)
-#: Blocks after the open (or the dispute) within which seats (or the jury) are drawn (JobMarket.DRAW_WINDOW).
-DRAW_WINDOW = 8
 #: A draw's cost depends on its seed (rejection sampling: up to 64 attempts), which uses the block's
 #: prevrandao: unknown when the gas is estimated, so draws get this much gas on top of the estimate.
 DRAW_GAS_MARGIN = 150_000
@@ -116,43 +115,6 @@ def vote_commitment(job_id: bytes, juror: str, verdicts: int, salt: bytes) -> by
 def pack_verdicts(verdicts: dict[int, int]) -> int:
     """{seat: PASS|SOFT|HARD} -> the 2-bits-per-seat vote JobMarket.revealVote takes."""
     return sum(v << (2 * seat) for seat, v in verdicts.items())
-
-
-def new_salt() -> bytes:
-    return os.urandom(32)
-
-
-@dataclass(frozen=True)
-class Contest:
-    """JobMarket.Contest: the results of a contested job (seat masks as bit sets)."""
-
-    outputs: tuple[bytes, ...]
-    counts: tuple[int, ...]
-    present: int
-    slashed: int
-    provisional: int
-    contested_at: int
-    locks: tuple[int, ...]
-
-    def as_abi(self) -> tuple:
-        return (list(self.outputs), list(self.counts), self.present, self.slashed, self.provisional,
-                self.contested_at, list(self.locks))
-
-    def slot_hash(self, job: Job) -> bytes:
-        """What the market stores for `job` while it is contested."""
-        return keccak(job.hash() + abi_encode([CONTEST_ABI], [self.as_abi()]))
-
-    def seats(self, mask: int) -> list[int]:
-        return [i for i in range(5) if mask >> i & 1]
-
-    @classmethod
-    def from_event(cls, c) -> Contest:
-        """From JobContested's `contest` argument (a tuple or a dict)."""
-        if hasattr(c, "keys"):  # a dict, or web3's AttributeDict
-            c = (c["outputs"], c["counts"], c["present"], c["slashed"], c["provisional"], c["contestedAt"],
-                 c["locks"])
-        return cls(tuple(bytes(o) for o in c[0]), tuple(int(n) for n in c[1]), int(c[2]), int(c[3]), int(c[4]),
-                   int(c[5]), tuple(int(n) for n in c[6]))
 
 
 class MarketClient:
@@ -284,16 +246,19 @@ class MarketClient:
         return self._tx(acct, self.market.resolve(job.as_abi(), contest.as_abi()))
 
     # -- reads
+    def _events(self, receipt: dict, name: str) -> list[dict]:
+        return [dict(e.args) for e in EventDecoder.for_chain(self.chain).in_receipt(receipt, name)]
+
     def _event(self, receipt: dict, name: str) -> dict:
-        return dict(getattr(self.chain.market.events, name)().process_receipt(receipt, errors=DISCARD)[0]["args"])
+        return self._events(receipt, name)[0]
 
     def settled_event(self, receipt: dict) -> dict:
         return self._event(receipt, "JobSettled")
 
     def contest_of(self, receipt: dict) -> Contest | None:
         """The Contest a settle or finalize produced, or None if it closed the job."""
-        found = self.chain.market.events.JobContested().process_receipt(receipt, errors=DISCARD)
-        return Contest.from_event(found[0]["args"]["contest"]) if found else None
+        found = self._events(receipt, "JobContested")
+        return Contest.from_event(found[0]["contest"]) if found else None
 
     def free_slot(self, consumer: str) -> int:
         """A slot of `consumer` with no open job (JobMarket.RING per consumer)."""
@@ -322,82 +287,3 @@ class MarketClient:
         d = self.market.disputes(job_id).call()
         names = ("disputer", "opened_block", "jury_at", "void", "evidence", "revealed", "jurors", "commits", "verdicts")
         return dict(zip(names, d))
-
-
-# ------------------------------------------------------------------------------ a job's state, from its events
-
-#: Market events that carry a job id as their first topic, in the order a job meets them.
-JOB_EVENTS = ("JobOpened", "SeatsDrawn", "SeatAdded", "ResultCommitted", "ResultRevealed", "JobContested",
-              "DisputeOpened", "JuryDrawn", "EvidencePosted", "JobSettled", "JuryPaid")
-
-
-@dataclass
-class JobState:
-    """Everything the chain says about one job, rebuilt from its events (the market stores only a
-    hash): the current Job (seats added applied), its contest and dispute, and whether it closed."""
-
-    job_id: bytes
-    job: Job
-    contest: Contest | None = None
-    disputer: str | None = None
-    dispute_block: int | None = None
-    request: bytes | None = None
-    jurors: tuple[str, ...] = ()
-    jury_at: int | None = None
-    evidence: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seat -> (textHash, tokens)
-    committed: set[int] = field(default_factory=set)
-    revealed: set[int] = field(default_factory=set)
-    void: bool = False  # a dispute whose jury could not be drawn
-    settled: dict | None = None  # JobSettled's arguments
-
-    @property
-    def closed(self) -> bool:
-        return self.settled is not None
-
-    @property
-    def contested(self) -> bool:
-        return self.contest is not None and not self.closed
-
-
-def job_state(chain: Chain, job_id: bytes, from_block: int | None = None) -> JobState | None:
-    """The job's state from its events (one eth_getLogs), or None if no JobOpened is found."""
-    market = chain.market
-    topics = {getattr(market.events, name)().topic: name for name in JOB_EVENTS}
-    logs = chain.w3.eth.get_logs({
-        "address": market.address, "fromBlock": from_block or chain.deployment.start_block or chain.deployment.block,
-        "toBlock": "latest", "topics": [list(topics), "0x" + bytes(job_id).hex()],
-    })
-    state: JobState | None = None
-    for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
-        name = topics["0x" + bytes(log["topics"][0]).hex()]
-        args = getattr(market.events, name)().process_log(log)["args"]
-        if name == "JobOpened":
-            state = JobState(job_id, Job.from_event(args, log["blockNumber"]))
-        elif state is not None:
-            _apply(state, name, args, log)
-            if name == "JuryDrawn" and state.jurors:
-                state.jury_at = int(chain.w3.eth.get_block(log["blockNumber"])["timestamp"])
-    return state
-
-
-def _apply(state: JobState, name: str, args, log) -> None:
-    if name == "SeatsDrawn":
-        state.job = state.job.drawn(args["seed"], args["drawnAt"], args["seats"], args["prices"])
-    elif name == "SeatAdded":
-        state.job = state.job.with_seat(args["seat"], args["provider"], args["price"])
-    elif name == "ResultCommitted":
-        state.committed.add(int(args["seat"]))
-    elif name == "ResultRevealed":
-        state.revealed.add(int(args["seat"]))
-    elif name == "JobContested":
-        state.contest = Contest.from_event(args["contest"])
-    elif name == "DisputeOpened":
-        state.disputer, state.dispute_block, state.request = (to_checksum_address(args["disputer"]),
-                                                              log["blockNumber"], bytes(args["request"]))
-    elif name == "JuryDrawn":
-        state.jurors = tuple(to_checksum_address(a) for a in args["jurors"] if int(a, 16))
-        state.void = not state.jurors
-    elif name == "EvidencePosted":
-        state.evidence[int(args["seat"])] = (bytes(args["textHash"]), bytes(args["tokens"]))
-    elif name == "JobSettled":
-        state.settled = dict(args)

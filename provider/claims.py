@@ -13,7 +13,8 @@ hash, the output tokens and the canonical request. A keeper then follows each jo
 - contested and nobody disputes: resolve after the dispute window;
 - closed: drop the claim and report what it was paid.
 
-Normally the consumer settles within seconds and none of this costs a transaction.
+Normally the consumer settles within seconds and none of this costs a transaction. What to do
+when is the seat's policy (`mesh.lifecycle.seat_action`); the keeper executes it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from eth_account.signers.local import LocalAccount
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import ChainError, ProtocolError
 from meshmarket.mesh.files import write_atomic
-from meshmarket.mesh.market import DRAW_WINDOW, Contest, JobState, MarketClient, commitment, job_state
+from meshmarket.mesh.lifecycle import Action, JobState, job_state, seat_action
+from meshmarket.mesh.market import MarketClient, commitment
 from meshmarket.mesh.protocol import Job
 
 log = logging.getLogger("meshmarket.provider.claims")
@@ -150,67 +152,42 @@ class ClaimKeeper:
             self.on_event(f"{short}: closed; seat #{c.seat} paid {paid} base units")
             return
         c.job = st.job  # seats may have been added since it served
-        if st.contest is not None:
-            self._court(c, st, now, short)
-        else:
-            self._claim(c, st, now, short)
+        action = seat_action(st, c, self.params, now, self.chain.w3.eth.block_number, self.dispute)
+        if action.kind != "wait":
+            self._act(c, st, action)
+            self.on_event(f"{short}: {action.why}")
+            if action.kind == "dispute":
+                # The jury can be drawn from the next block, and must be within DRAW_WINDOW blocks:
+                # draw it now (the draw runs in the pending block), not after this tick's other
+                # claims have each mined a block of their own.
+                self._act(c, st, Action("draw_jury", "jury drawn"))
+                self.on_event(f"{short}: jury drawn")
 
-    def _claim(self, c: Claim, st: JobState, now: int, short: str) -> None:
-        """The job is open: commit after the delivery window, reveal, finalize."""
-        p, job = self.params, st.job
-        delivery_end = job.drawn_at + p.delivery_window
-        claim_end = delivery_end + p.claim_window
-        reveal_end = claim_end + p.reveal_window
-        if not c.committed and delivery_end <= now < claim_end:
+    def _act(self, c: Claim, st: JobState, action: Action) -> None:
+        """Send the transaction `action` names, and record what the claim must remember."""
+        job, contest = st.job, st.contest
+        if action.kind == "commit":
             self.mc.commit(self.account, job, c.seat, commitment(c.job_id, c.seat, self.account.address, c.output_hash,
                                                                  c.token_count, c.salt))
             c.committed = True
             self._update()
-            self.on_event(f"{short}: not settled after the delivery window; claim committed on-chain")
-        elif c.committed and not c.revealed and claim_end <= now < reveal_end:
+        elif action.kind == "reveal":
             self.mc.reveal(self.account, job, c.seat, c.output_hash, c.token_count, c.salt)
             c.revealed = True
             self._update()
-            self.on_event(f"{short}: claim revealed")
-        elif now >= (reveal_end if st.committed else claim_end):
+        elif action.kind == "finalize":
             self.mc.finalize(self.account, job)
-            self.on_event(f"{short}: finalized without the consumer")
-
-    def _draw_jury(self, job: Job, contest: Contest, short: str) -> None:
-        self.mc.draw_jury(self.account, job, contest)
-        self.on_event(f"{short}: jury drawn")
-
-    def _court(self, c: Claim, st: JobState, now: int, short: str) -> None:
-        """The job is contested: dispute a provisional loss, draw the jury, show the evidence, resolve."""
-        p, job, contest = self.params, st.job, st.contest
-        assert contest is not None
-        mine = bool(contest.present >> c.seat & 1)
-        if st.disputer is None:
-            if now >= contest.contested_at + p.dispute_window:
-                self.mc.resolve(self.account, job, contest)
-                self.on_event(f"{short}: contest resolved on its provisional outcome")
-            elif (mine and self.dispute and not c.disputed and not contest.provisional >> c.seat & 1
-                  and job.jury_fee >= p.min_jury_fee):
-                self.mc.dispute(self.account, job, contest, c.request)
-                c.disputed = True
-                self._update()
-                self.on_event(f"{short}: contested and not paid provisionally; disputed (bond {job.jury_fee})")
-                # The jury can be drawn from the next block, and must be within DRAW_WINDOW blocks:
-                # draw it now (the draw runs in the pending block), not after this tick's other
-                # claims have each mined a block of their own.
-                self._draw_jury(job, contest, short)
-            return
-        if not st.jurors and not st.void:
-            block = self.chain.w3.eth.block_number
-            if block > (st.dispute_block or 0) + DRAW_WINDOW:
-                self.mc.resolve(self.account, job, contest)
-                self.on_event(f"{short}: no jury was drawn in time; resolved on the provisional outcome")
-            elif block > (st.dispute_block or 0):
-                self._draw_jury(job, contest, short)
-            return
-        if st.void or now >= (st.jury_at or 0) + 3 * p.court_phase:
-            self.mc.resolve(self.account, job, contest)
-            self.on_event(f"{short}: dispute resolved")
-        elif mine and c.seat not in st.evidence and now < (st.jury_at or 0) + p.court_phase:
+        elif action.kind == "dispute":
+            assert contest is not None
+            self.mc.dispute(self.account, job, contest, c.request)
+            c.disputed = True
+            self._update()
+        elif action.kind == "draw_jury":
+            assert contest is not None
+            self.mc.draw_jury(self.account, job, contest)
+        elif action.kind == "post_evidence":
+            assert contest is not None
             self.mc.post_evidence(self.account, job, contest, c.seat, c.text_hash, c.tokens)
-            self.on_event(f"{short}: evidence for seat #{c.seat} published")
+        elif action.kind == "resolve":
+            assert contest is not None
+            self.mc.resolve(self.account, job, contest)

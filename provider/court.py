@@ -6,7 +6,8 @@ to end, then for each judged seat scores the published output tokens under the m
 job's request (`Judge`, provider/scorer.py: teacher forcing, docs/VERIFICATION.md), commits its
 verdicts (pass, soft fail, hard fail; 2 bits per seat) and reveals them in the next phase. A seat
 whose evidence never came is voted hard (the contract slashes it anyway). Votes and salts are
-kept on disk, fsynced, so a restart still reveals what it committed.
+kept on disk, fsynced, so a restart still reveals what it committed. When to judge, commit and
+reveal is the juror's policy (`mesh.lifecycle.juror_action`); the keeper executes it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import Protocol
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import ChainError, ProtocolError
+from meshmarket.mesh.events import get_events
 from meshmarket.mesh.files import write_atomic
-from meshmarket.mesh.market import HARD, MarketClient, job_state, pack_verdicts, vote_commitment
+from meshmarket.mesh.lifecycle import JobState, job_state, juror_action
+from meshmarket.mesh.market import HARD, MarketClient, pack_verdicts, vote_commitment
 from meshmarket.mesh.protocol import Sampling, unpack_tokens
 
 log = logging.getLogger("meshmarket.provider.court")
@@ -68,7 +70,7 @@ class CourtKeeper:
         self.account = account
         self.judge = judge
         self.mc = MarketClient(chain)
-        self.phase = chain.deployment.params.court_phase
+        self.params = chain.deployment.params
         self.on_event = on_event or (lambda msg: log.info(msg))
         self.path = path
         self._lock = threading.Lock()
@@ -102,15 +104,13 @@ class CourtKeeper:
         head = self.chain.w3.eth.block_number
         if head < self._cursor:
             return
-        event = self.chain.market.events.JuryDrawn()
-        me = to_checksum_address(self.account.address)
-        for lg in event.get_logs(from_block=self._cursor, to_block=head):
-            if me in {to_checksum_address(a) for a in lg["args"]["jurors"]}:
-                job_id = bytes(lg["args"]["jobId"])
-                opened = self.chain.market.events.JobOpened().get_logs(
-                    from_block=self.chain.deployment.block, to_block=lg["blockNumber"], argument_filters={"jobId": job_id})
+        me = self.account.address
+        for ev in get_events(self.chain, ["JuryDrawn"], self._cursor, head):
+            if me in ev.args["jurors"]:
+                job_id = ev.args["jobId"]
+                opened = get_events(self.chain, ["JobOpened"], self.chain.deployment.block, ev.block_number, job_id)
                 with self._lock:
-                    self._duties.setdefault(job_id, Duty(job_id, opened[0]["blockNumber"] if opened else 0))
+                    self._duties.setdefault(job_id, Duty(job_id, opened[0].block_number if opened else 0))
                 self.on_event(f"jury 0x{job_id.hex()[:12]}…: drawn as a juror")
         with self._lock:
             self._cursor = head + 1
@@ -119,15 +119,17 @@ class CourtKeeper:
     def _advance(self, duty: Duty, now: int) -> None:
         st = job_state(self.chain, duty.job_id, duty.open_block or None)
         short = f"jury 0x{duty.job_id.hex()[:12]}…"
-        if st is None or st.closed or st.contest is None or st.jury_at is None:
+        action = juror_action(st, duty, self.params, now)
+        if action.kind == "closed":
             with self._lock:
                 self._duties.pop(duty.job_id, None)
                 self._save()
             return
-        commit_at, reveal_at = st.jury_at + self.phase, st.jury_at + 2 * self.phase
-        if not duty.committed and commit_at <= now < reveal_at:
-            if not duty.verdicts:
-                self._judge(duty, st)
+        assert st is not None
+        if action.kind == "judge":
+            self._judge(duty, st)
+            action = juror_action(st, duty, self.params, now)
+        if action.kind == "commit_vote":
             packed = pack_verdicts(duty.verdicts)
             self.mc.commit_vote(self.account, duty.job_id, vote_commitment(duty.job_id, self.account.address, packed,
                                                                           duty.salt))
@@ -135,14 +137,14 @@ class CourtKeeper:
             with self._lock:
                 self._save()
             self.on_event(f"{short}: vote committed ({', '.join(f'#{s} {v}' for s, v in duty.reasons.items())})")
-        elif duty.committed and not duty.revealed and reveal_at <= now < reveal_at + self.phase:
+        elif action.kind == "reveal_vote":
             self.mc.reveal_vote(self.account, duty.job_id, pack_verdicts(duty.verdicts), duty.salt)
             duty.revealed = True
             with self._lock:
                 self._save()
             self.on_event(f"{short}: vote revealed")
 
-    def _judge(self, duty: Duty, st) -> None:
+    def _judge(self, duty: Duty, st: JobState) -> None:
         """Score every judged seat's published output under the model, with the job's request."""
         try:
             request = json.loads(st.request or b"{}")
@@ -151,7 +153,9 @@ class CourtKeeper:
             # The contract checked keccak256(request) == promptHash: only a job opened with a
             # request that is not the protocol's can get here. Nobody can be judged on it.
             sampling, request = None, {"error": str(exc)}
-        for seat in st.contest.seats(st.contest.present):
+        contest = st.contest
+        assert contest is not None  # a jury sits only on a contested job
+        for seat in contest.seats(contest.present):
             if seat not in st.evidence:
                 duty.verdicts[seat], duty.reasons[seat] = HARD, "no evidence published"
             elif sampling is None or self.judge is None:
