@@ -40,9 +40,11 @@ PRODUCT = Target(HERE / "src", HERE / "build", (
     ("ProviderRegistry.sol", "ProviderRegistry"),
     ("JobMarket.sol", "JobMarket"),
 ))
-#: Test-only contracts (a hostile token for the reentrancy test): compiled the same way, never shipped.
+#: Test-only contracts (a hostile token for the reentrancy test, a harness exposing the SortitionTree
+#: library): compiled the same way, never shipped.
 TESTS = Target(HERE.parent / "tests" / "contracts", HERE.parent / "tests" / "contracts" / "build", (
     ("HostileToken.sol", "HostileToken"),
+    ("SortitionHarness.sol", "SortitionHarness"),
 ))
 TARGETS = (PRODUCT, TESTS)
 
