@@ -47,7 +47,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eth_abi import encode as abi_encode
@@ -2117,4 +2117,593 @@ SCENARIOS: list[tuple[str, Callable[..., Measured], dict]] = [
     ("A21", a21_void_jury_cartel, {}),
     ("A21-careless", a21_void_jury_cartel, {"consumer_checks": False}),
     ("A22", a22_conditional_draw, {"requests": 20}),
+]
+
+
+# ############################################################################# F1-F9 — issue 17's audit of the v2 contracts
+#
+# Found by an independent audit of the landed contracts (issue 17) and answered by protocol v3
+# (docs/design/PROTOCOL_V3.md §6). Each scenario runs the finding's attack on today's contracts;
+# tests/test_attacks.py asserts the property v3 defends, a strict xfail until v3 lands. Not in
+# SCENARIOS yet: the bench adds them with v3 (its step 6), when their economics are v3's.
+# The audit's parameters: a 128-token job at price 10, jury fee and bond F = 1,280, a seat's lock
+# L = 1,000,000; every pool passes the honest consumer's --min-pool 6 rule unless the finding is
+# about a pool that does not (F7).
+
+#: The F1 and F5 attacker's three sybils stake 50 MESH each: 150 of the pool's 4,150 MESH (3.6%).
+F_SYBIL_STAKE = 50 * MESH
+
+
+def pool_rule(m, consumer: LocalAccount, group: bytes = ZERO32, min_pool: int = 6) -> str | None:
+    """The honest consumer's pool rule (`mesh ask --min-pool 6`: consumer.discovery.check_jury, the
+    open market as a mesh's fallback) on the pool's members as offers (this world's providers list
+    no endpoint, which discovery would skip): None when the pool passes, else the refusal."""
+    from meshmarket.consumer.discovery import Offer, check_jury
+
+    def offers(g: bytes) -> list[Offer]:
+        return [Offer(p, price, f"/ip4/127.0.0.1/tcp/1/p2p/{p}", ZERO32, free, g) for p, price, free in members(m, g)]
+
+    fallback = offers(ZERO32) if group != ZERO32 else ()
+    try:
+        check_jury(m.chain, offers(group), consumer.address, min_pool, fallback)
+    except QueryError as exc:
+        return str(exc)
+    return None
+
+
+def weight_share(m, attackers: Iterable[LocalAccount], exclude: Iterable[str] = (), group: bytes = ZERO32) -> float:
+    """The attackers' share of a draw's weight (min(free stake, weightCap) per member) in the pool,
+    leaving out `exclude` (a jury's: the seats and the consumer)."""
+    out = {to_checksum_address(a) for a in exclude}
+    mine = {a.address for a in attackers}
+    weights = {p: min(free, P.weight_cap) for p, _, free in members(m, group) if p not in out}
+    total = sum(weights.values())
+    return round(sum(w for p, w in weights.items() if p in mine) / total, 4) if total else 0.0
+
+
+def stake_share(m, attackers: Iterable[LocalAccount], group: bytes = ZERO32) -> float:
+    everyone = [p for p, _, _ in members(m, group)]
+    mine = sum(stake(m, a) for a in attackers)
+    return round(mine / sum(m.mc.account(p)["stake"] for p in everyone), 4)
+
+
+def _all_honest(providers: Sequence[LocalAccount]) -> Callable[[list[str]], bool]:
+    honest = {p.address for p in providers}
+    return lambda seats: len(seats) == 3 and set(seats) <= honest
+
+
+def _lone_result(m, honest: Honest, attacker: LocalAccount, job: Job, jurors: Sequence[LocalAccount] = ()):
+    """F1's move: the consumer sends its request to seat 0 (V) only and, once the claim window is
+    over, settles with V's result alone (the other seats never answered nor committed: left out).
+    A lone valid result is contested with nobody provisional, so V's keeper disputes (bond F) and
+    draws the jury from the pool minus the seats; the attacker's `jurors`, when drawn, vote V hard.
+    Returns the closed job's state and the script."""
+    victim = acct_of(job.seats[0])
+    claim = honest.seat(victim).serve(job, HONEST)
+    verdict = pack_verdicts({0: HARD})
+    script = Script(m, claim=lambda st: m.mc.settle(attacker, job, [claim, None, None]),
+                    **vote_moves(m, jurors, lambda st: verdict))
+    return drive(m, job.job_id, honest, script), script
+
+
+def _lone_facts(m, st: JobState, victim: LocalAccount, v0: tuple[int, int, int], sybils) -> dict:
+    return {"victim_stake_lost": v0[1] - stake(m, victim), "victim_paid": owed(m, victim) - v0[2],
+            "victim_tokens_lost": v0[0] - holdings(m, victim), "outcome": st.settled["outcome"],
+            "provisional": st.contest.provisional if st.contest else None, "void": st.void,
+            "jurors": list(st.jurors), "sybil_jurors": sum(j in {s.address for s in sybils} for j in st.jurors),
+            "slash_mask": st.settled["slashMask"]}
+
+
+def f1_lone_result_capture(m, work: Path) -> Measured:
+    """F1 (critical): lone-result jury capture. The pool: the world's four honest providers (1,000
+    MESH each, weight capped at 100) and the attacker's three sybils of 50 MESH (3.6% of the stake;
+    seven providers: --min-pool 6 passes). The consumer re-rolls until the draw seats three honest
+    providers, so the jury's pool (the pool minus the seats) is one honest provider and the three
+    sybils; it asks seat V alone and settles with V's result alone (`_lone_result`). V's keeper
+    disputes and draws; V posts its evidence; the honest juror's court keeper passes V; the sybil
+    jurors vote V hard; V's keeper resolves: V's lock burns, its bond pays the jury, V is unpaid."""
+    attacker = m.consumer
+    honest = Honest(m, work, m.providers)
+    with GasMeter(m) as gas:
+        before = holdings(m, attacker)
+        sybils = sybils_of(m, attacker, "f1-sybil", 3, F_SYBIL_STAKE)
+        rule, share = pool_rule(m, m.consumer2), stake_share(m, sybils)
+        r = reroll_drawn(m, attacker, _all_honest(m.providers))
+        job, victim = r.job, acct_of(r.job.seats[0])
+        jury_share = weight_share(m, sybils, [*seats_of(job), attacker.address])
+        v0 = (holdings(m, victim), stake(m, victim), owed(m, victim))
+        st, script = _lone_result(m, honest, attacker, job, sybils)
+        release(m, attacker, r)
+        f = _lone_facts(m, st, victim, v0, sybils)
+        return Measured(
+            "F1", "lone-result jury capture (consumer + sybils against a lone honest seat)",
+            "the jury is the pool minus the seats: three honest seats leave it to the sybils; V loses L + its "
+            "bond's jury pay (1,001,278) and its pay; the sybil jurors earn 2 x 426",
+            attacker_net=holdings(m, attacker, *sybils) - before, attacker_value=HONEST_PAY,
+            attacker_gas=gas.of(attacker, *sybils), victim_loss=f["victim_tokens_lost"] + HONEST_PAY - f["victim_paid"],
+            victim_gas=gas.of(victim), honest_burned=f["victim_stake_lost"],
+            facts={**f, "pool_rule": rule, "stake_share": share, "jury_weight_share": jury_share,
+                   "draws": r.draws, "sybil_net": holdings(m, *sybils) - sum(F_SYBIL_STAKE + 100 * MESH for _ in sybils),
+                   "script_errors": script.errors})
+
+
+def _deliver(m, honest: Honest, consumer: LocalAccount, job: Job, cartel: Sequence[LocalAccount],
+             lie: Output) -> None:
+    """Every seat of an honest consumer's job delivers: the honest ones their answer (their keepers
+    keep the claims), the `cartel` the same bogus `lie`, signed; the consumer journals each answer
+    as consumer.query does and its `mesh settle` settles at once (the cartel the provisional
+    majority when it holds two seats)."""
+    buyer = honest.consumer(consumer)
+    buyer.opened(job)
+    bad = {c.address for c in cartel}
+    for i, s in enumerate(seats_of(job)):
+        if s in bad:
+            buyer.received(job, i, sign(m, job, lie, acct_of(s)), lie.text)
+        else:
+            buyer.received(job, i, honest.seat(acct_of(s)).serve(job, HONEST), HONEST.text)
+    buyer.tick()
+
+
+def _cartel_evidence(m, job: Job, cartel: Sequence[LocalAccount], lie: Output) -> Callable[[JobState], None]:
+    """The cartel posts its tokens if a jury is drawn (a seat whose evidence is missing is slashed)."""
+    return lambda st: [post_evidence(m, job, st.contest, job.seat_of(c.address), lie, c)
+                       for c in cartel if job.seat_of(c.address) is not None]
+
+
+def f2_exit_after_the_draw(m, work: Path, max_jobs: int = 40) -> Measured:
+    """F2 (high): exit after the draw. A six-provider open market (P0..P2 honest, a cartel of three
+    of 100 MESH: --min-pool 6 passes). An honest consumer's jobs are drawn until the cartel holds
+    two seats (chance 9/20 a job; before that it serves honestly); its unseated member then
+    deregisters at once (free). The cartel signs a bogus maxTokens answer; the consumer settles
+    (contested, the cartel provisional); the honest seat's keeper disputes and draws the jury from
+    the pool minus the seats: two providers, no fallback: void; the bogus majority is paid; the
+    member registers again."""
+    consumer = m.consumer2
+    m.mc.deregister(m.providers[3])
+    honest = Honest(m, work, m.providers[:3])
+    with GasMeter(m) as gas:
+        cartel = sybils_of(m, m.outsider, "f2-cartel", 3, 100 * MESH)
+        rule, bad = pool_rule(m, consumer), {c.address for c in cartel}
+        for served in range(max_jobs):
+            job = open_job(m, consumer)
+            if len(bad & set(seats_of(job))) == 2:
+                break
+            m.mc.settle(consumer, job, [sign(m, job, HONEST, acct_of(s)) for s in seats_of(job)])
+        else:
+            raise AssertionError(f"scenario: the cartel never held two seats in {max_jobs} jobs")
+        before = _snapshot_holdings(m, [*cartel, *m.providers[:3]])
+        h = next(acct_of(s) for s in seats_of(job) if s not in bad)
+        leaver = next(c for c in cartel if c.address not in seats_of(job))
+        m.mc.deregister(leaver)
+        lie = bogus()
+        _deliver(m, honest, consumer, job, cartel, lie)
+        script = Script(m, evidence=_cartel_evidence(m, job, cartel, lie))
+        st = drive(m, job.job_id, honest, script)
+        join(m, leaver, ZERO32)
+        d = _delta(before, m, [*cartel, h])
+        paid = {a: int(st.settled["paid"][job.seat_of(a)]) for a in seats_of(job)}
+        cost = job.held - int(st.settled["refund"])  # the escrow was taken at the draw, before `before`
+        return Measured(
+            "F2", "exit after the draw: the unseated cartel member deregisters, the dispute is void",
+            "cartel: 2 x maxTokens x price = 2,560 for no work with chance 9/20 per job (two seats of a pool of "
+            "six with three); the honest seat unpaid; the consumer pays for a wrong answer",
+            attacker_net=sum(d[c.address] for c in cartel), attacker_gas=gas.of(*cartel),
+            victim_loss=HONEST_PAY - paid[h.address] + max(0, cost - HONEST_PAY), victim_gas=gas.of(h, consumer),
+            facts={"pool_rule": rule, "jobs_before": served, "void": st.void, "jurors": list(st.jurors),
+                   "disputer": st.disputer, "outcome": st.settled["outcome"], "slash_mask": st.settled["slashMask"],
+                   "cartel_paid": [paid[c.address] for c in cartel if c.address in paid],
+                   "honest_paid": paid[h.address], "consumer_cost": cost,
+                   "leaver_listed_again": m.mc.account(leaver.address)["listed"], "script_errors": script.errors})
+
+
+def f3_lazy_or_absent_jurors(m, work: Path, absent: bool = False) -> Measured:
+    """F3 (high): jurors are paid whatever they vote, and absence counts as pass. A private mesh of
+    an honest admin (P0) and two providers of a cartel it invited; its juries come from the open
+    market P1..P3 (mesh 3 + open market 3: --min-pool 6 passes). An honest consumer's job seats the
+    three; the cartel signs a bogus answer, the admin's keeper disputes, the jury is P1..P3. P1 runs
+    its court keeper (it scores: the cartel hard); P2 and P3 either vote pass on everything without
+    scoring (lazy, or bribed with any epsilon), or (`absent`) stay away."""
+    consumer, admin, jurors = m.consumer2, m.providers[0], m.providers[1:]
+    mesh, cartel = _careless_mesh(m, "f3", admin, [], m.outsider, 2)
+    honest = Honest(m, work, [admin, jurors[0]])
+    rule = pool_rule(m, consumer, mesh)
+    with GasMeter(m) as gas:
+        j0 = {j.address: (stake(m, j), owed(m, j)) for j in jurors}
+        before = _snapshot_holdings(m, [*cartel, consumer])
+        job, lie = open_job(m, consumer, group=mesh), bogus()
+        _deliver(m, honest, consumer, job, cartel, lie)
+        moves = {"evidence": _cartel_evidence(m, job, cartel, lie)}
+        if not absent:
+            moves.update(vote_moves(m, jurors[1:], lambda st: pack_verdicts({i: PASS for i in range(3)})))
+        script = Script(m, **moves)
+        st = drive(m, job.job_id, honest, script)
+        net = {j.address: stake(m, j) - j0[j.address][0] + owed(m, j) - j0[j.address][1] for j in jurors}
+        d = _delta(before, m, [*cartel, consumer])
+        kind = "absent" if absent else "lazy"
+        return Measured(
+            f"F3-{kind}", f"two {kind} jurors clear a caught cartel",
+            "v2: a revealed juror earns F/3 = 426 whatever it voted, an absent one loses nothing, and a seat is "
+            "slashed only on 2 revealed hard votes: absence counts as pass",
+            attacker_net=sum(d[c.address] for c in cartel), attacker_gas=gas.of(*cartel),
+            victim_loss=max(0, -d[consumer.address] - HONEST_PAY), victim_gas=gas.of(admin),
+            facts={"pool_rule": rule, "jurors": list(st.jurors), "jury_is_p1_p3": set(st.jurors) == set(net),
+                   "slash_mask": st.settled["slashMask"], "paid": list(st.settled["paid"])[:3],
+                   "cartel_mask": sum(1 << job.seat_of(c.address) for c in cartel),
+                   "honest_juror_net": net[jurors[0].address], f"{kind}_juror_net": [net[j.address] for j in jurors[1:]],
+                   f"{kind}_juror_stake_lost": [j0[j.address][0] - stake(m, j) for j in jurors[1:]],
+                   "cartel_net": [d[c.address] for c in cartel], "consumer_cost": -d[consumer.address],
+                   "script_errors": script.errors})
+
+
+def register_many(m, accts: Sequence[LocalAccount], group: bytes = ZERO32, price: int = PRICE) -> list[int]:
+    """Each account registers for MODEL in `group` with no stake. A registration is its sender's own
+    transaction, so one each: all signed at once, sent in one batch and mined together in as few
+    blocks as the block gas limit allows; their ETH for gas is set on the node (anvil_setBalance:
+    no funding transactions). Returns each registration's gas."""
+    w3, reg = m.chain.w3, m.chain.registry
+    w3.provider.make_batch_request([("anvil_setBalance", [a.address, hex(10**18)]) for a in accts])
+    data = reg.encode_abi("register", args=[MODEL, keccak(b"a zero-stake listing"), price, group, ""])
+    fee = GWEI + 4 * w3.eth.get_block("latest")["baseFeePerGas"]
+    raws = [a.sign_transaction({"to": reg.address, "data": data, "value": 0, "gas": 400_000, "nonce": 0, "type": 2,
+                                "chainId": m.chain.chain_id, "maxPriorityFeePerGas": GWEI, "maxFeePerGas": fee})
+            for a in accts]
+    m.rpc("evm_setAutomine", [False])
+    try:
+        sent = w3.provider.make_batch_request([("eth_sendRawTransaction", ["0x" + r.raw_transaction.hex()])
+                                               for r in raws])
+        refused = [x["error"] for x in sent if "error" in x]
+        assert not refused, f"scenario: the node refused zero-stake registrations: {refused[:3]}"
+        hashes = [x["result"] for x in sent]
+        while int(m.rpc("txpool_status")["pending"], 16):
+            m.rpc("evm_mine")
+    finally:
+        m.rpc("evm_setAutomine", [True])
+    receipts = [x["result"] for x in w3.provider.make_batch_request([("eth_getTransactionReceipt", [h])
+                                                                     for h in hashes])]
+    assert all(int(rc["status"], 16) == 1 for rc in receipts), "scenario: a zero-stake registration failed"
+    return [int(rc["gasUsed"], 16) for rc in receipts]
+
+
+def _keeper_before_its_dispute(m, honest: Honest, acct: LocalAccount, claim: Claim) -> Seat:
+    """`acct`'s claim keeper as it was before it disputed (a trial on a snapshot starts there)."""
+    seat = Seat(m, acct, honest.judge, honest.log)
+    seat.claims.add(replace(claim, disputed=False))
+    return seat
+
+
+def _f4_trials(m, honest: Honest, admin: LocalAccount, claim: Claim, job: Job, consumer, trials: int) -> dict:
+    """Each trial on a snapshot, at another height: the admin's keeper disputes and draws the jury
+    (one pass); the first void one is resolved (the bogus majority paid). Then new jobs in the open
+    market: does a draw find three seats in its first block?"""
+    juries, seat_draws, void_settled = [], [], None
+    for t in range(trials):
+        snap = m.rpc("evm_snapshot")
+        mine_blocks(m, t + 1)
+        seat = _keeper_before_its_dispute(m, honest, admin, claim)
+        seat.claims.tick()
+        st = job_state(m.chain, job.job_id)
+        juries.append(len(st.jurors))
+        if st.void and void_settled is None:
+            seat.claims.tick()  # resolves: the provisional outcome stands
+            void_settled = job_state(m.chain, job.job_id).settled
+        assert m.rpc("evm_revert", [snap]) is True
+    for t in range(trials):
+        snap = m.rpc("evm_snapshot")
+        mine_blocks(m, t + 1)
+        new, _ = open_undrawn(m, consumer)
+        seat_draws.append(revert_name(lambda: m.chain.transact(
+            consumer, m.chain.market.functions.drawSeats(new.as_abi()), gas=BLOCK_GAS)))
+        assert m.rpc("evm_revert", [snap]) is True
+    return {"jury_sizes": juries, "void_juries": sum(n == 0 for n in juries),
+            "seat_draws_in_one_block": sum(x is None for x in seat_draws), "seat_draw_refusals": seat_draws,
+            "void_paid": list(void_settled["paid"])[:3] if void_settled else None,
+            "void_outcome": void_settled["outcome"] if void_settled else None}
+
+
+def f4_zero_stake_dilution(m, work: Path, sybils: int = 300, trials: int = 8) -> Measured:
+    """F4 (medium-high): zero-stake dilution. Eight honest providers and a cartel of two: the honest
+    admin P0 of a private mesh holding the cartel it invited, the open market P1..P3 and four more
+    (the mesh's juries come from it; mesh 3 + open market 7: --min-pool 6 passes). An honest
+    consumer's job seats P0 and the cartel, which signs a bogus answer: contested, the cartel
+    provisional. Then `sybils` zero-stake providers register in the open market (a registration
+    needs no stake; the pool rule does not count them). Trials at other heights: P0's keeper
+    disputes and draws the jury (the open market's 64 draw attempts mostly land on weight 0: void
+    at once, no retry; the bogus majority stands), and new open-market jobs try their seat draw."""
+    consumer, admin = m.consumer2, m.providers[0]
+    extra = honest_providers(m, "f4-honest", 4)
+    mesh, cartel = _careless_mesh(m, "f4", admin, [], m.outsider, 2)
+    honest = Honest(m, work, [admin, *m.providers[1:], *extra])
+    job, lie = open_job(m, consumer, group=mesh), bogus()
+    _deliver(m, honest, consumer, job, cartel, lie)
+    (claim,) = honest.seat(admin).claims.pending()
+    rule_before = pool_rule(m, consumer, mesh)
+    reg_gas = register_many(m, [fresh_account(f"f4-zero-stake-{i}") for i in range(sybils)])
+    rule_after = pool_rule(m, consumer, mesh)
+    f = _f4_trials(m, honest, admin, claim, job, consumer, trials)
+    return Measured(
+        "F4", f"zero-stake dilution: {sybils} sybils register without stake",
+        "64 draw attempts over a pool of 7 weighted + n zero-weight members: a jury short of 3 voids the dispute "
+        "at once; ~150k gas per sybil, once",
+        attacker_gas=sum(reg_gas), attacker_net=2 * job.jury_fee if f["void_paid"] else 0,
+        victim_loss=HONEST_PAY + 2 * job.jury_fee if f["void_paid"] else 0,  # the honest seat, the consumer
+        facts={**f, "sybils": sybils, "trials": trials, "gas_per_sybil": sum(reg_gas) // len(reg_gas),
+               "pool_rule_before": rule_before, "pool_rule_after": rule_after, "pool_size": len(members(m)),
+               "contest_provisional": job_state(m.chain, job.job_id).contest.provisional,
+               "cartel_mask": sum(1 << job.seat_of(c.address) for c in cartel)})
+
+
+def _open_in_one_block(m, consumer: LocalAccount, n: int, gas: GasMeter) -> list[Job]:
+    """`n` requests in the consumer's slots 0..n-1, mined in one block (one draw window for all):
+    an undrawn request holds no escrow."""
+    fns = m.chain.market.functions
+    with Block(m, gas) as blk:
+        hashes = [blk.send(consumer, fns.openJob(i, MODEL, ZERO32, keccak(REQUEST), MAX_TOKENS, PRICE), gas=200_000)
+                  for i in range(n)]
+        receipts = blk.mine()
+    return [Job.from_event(m.mc._event(receipts[h], "JobOpened"), receipts[h]["blockNumber"]) for h in hashes]
+
+
+def _conditional_block(m, drawer: LocalAccount, jobs: Sequence[Job], wanted) -> tuple[Job | None, int]:
+    """One block of conditional draws (a bundle, or an EIP-7702 account: `DrawByContract` only asks
+    msg.sender == tx.origin; emulated as A22 does): every request is drawn on a snapshot at the same
+    pinned block time (so the same prevrandao: one block) and dropped; the first whose committee is
+    wanted is then drawn for real in that block. Returns (it or None, how many were wanted)."""
+    ts, fns, hits = m.now() + 1, m.chain.market.functions, []
+    for job in jobs:
+        snap = m.rpc("evm_snapshot")
+        m.set_next_timestamp(ts)
+        try:
+            ev = m.mc._event(m.chain.transact(drawer, fns.drawSeats(job.as_abi())), "SeatsDrawn")
+            drawn = job.drawn(ev["seed"], ev["drawnAt"], ev["seats"], ev["prices"])
+            hits += [(job, drawn)] if wanted(seats_of(drawn)) else []
+        except ContractReverted:
+            pass
+        assert m.rpc("evm_revert", [snap]) is True
+    m.set_next_timestamp(ts)
+    if not hits:
+        m.rpc("evm_mine")  # the block passes without a draw
+        m.chain.fixed_gas = None
+        return None, 0
+    job, seen = hits[0]
+    ev = m.mc._event(m.chain.transact(drawer, fns.drawSeats(job.as_abi())), "SeatsDrawn")
+    m.chain.fixed_gas = None
+    assert bytes(ev["seed"]) == seen.seed, "scenario: a conditional draw is not its block's draw"
+    return job.drawn(ev["seed"], ev["drawnAt"], ev["seats"], ev["prices"]), len(hits)
+
+
+def _capture_odds(pool, job: Job, attackers, seeds: Sequence[bytes], seats: Sequence[str] | None = None) -> float:
+    """P(a lone-result dispute's jury (three, none of the seats nor the consumer) has two or more
+    attackers), over `seeds`: for the committee `seats`, or (None) for each seed's own committee,
+    drawn from the same pool (registry draws in Python, `mirror_draw`)."""
+    mine, hits = {a.address for a in attackers}, 0
+    for sd in seeds:
+        committee = seats if seats is not None else seat_draw(pool, job, sd)
+        jury = mirror_draw(pool, keccak(sd + b"jury"), 3, exclude=[*committee, job.consumer])
+        hits += len(jury) == 3 and len(mine & set(jury)) >= 2
+    return hits / len(seeds)
+
+
+def f5_conditional_committees(m, work: Path, jobs: int = 16, n_seeds: int = 400) -> Measured:
+    """F5 (medium): conditional draws across jobs. F1's pool (four honest, three sybils of 50 MESH).
+    The consumer opens sixteen requests in one block (its sixteen slots; no escrow until drawn) and,
+    block by block in the draw window, draws conditionally: only a request whose committee is three
+    honest providers, which leaves the jury's pool to its sybils. Measured: the committees wanted in
+    one block, and the jury-capture odds of the committee kept against a committee the pool draws
+    for it (both from the registry's draw); then F1's lone-result attack runs on the kept job."""
+    attacker = m.consumer
+    honest = Honest(m, work, m.providers)
+    with GasMeter(m) as gas:
+        before = holdings(m, attacker)
+        sybils = sybils_of(m, attacker, "f5-sybil", 3, F_SYBIL_STAKE)
+        wanted, start = _all_honest(m.providers), holdings(m, attacker, *sybils)
+        opened = _open_in_one_block(m, attacker, jobs, gas)
+        escrow_undrawn = start - holdings(m, attacker, *sybils)
+        kept, per_block = None, []
+        while kept is None and m.chain.w3.eth.block_number < opened[0].open_block + DRAW_WINDOW:
+            kept, n = _conditional_block(m, attacker, opened, wanted)
+            per_block.append(n)
+        assert kept is not None, f"scenario: no wanted committee in the draw window: {per_block}"
+        pool, rng = members(m), random.Random(20261207)
+        seeds = [rng.randbytes(32) for _ in range(n_seeds)]
+        odds = {"capture_odds_kept": _capture_odds(pool, kept, sybils, seeds, seats_of(kept)),
+                "capture_odds_natural": _capture_odds(pool, kept, sybils, seeds),
+                "p_wanted_per_draw": sum(wanted(seat_draw(pool, kept, sd)) for sd in seeds) / n_seeds}
+        victim = acct_of(kept.seats[0])
+        v0 = (holdings(m, victim), stake(m, victim), owed(m, victim))
+        st, script = _lone_result(m, honest, attacker, kept, sybils)
+        for j in opened:
+            if j.job_id != kept.job_id:
+                m.mc.expire(attacker, j)
+        f = _lone_facts(m, st, victim, v0, sybils)
+        return Measured(
+            "F5", "conditional draws across sixteen requests shape the jury's pool (F1 without re-rolls)",
+            f"P(wanted in a block) = 1 - (1 - p)^{jobs} for a committee of chance p; undrawn requests hold no "
+            "escrow; the committee decides who can judge",
+            attacker_net=holdings(m, attacker, *sybils) - before, attacker_value=HONEST_PAY,
+            attacker_gas=gas.of(attacker, *sybils), victim_loss=f["victim_tokens_lost"] + HONEST_PAY - f["victim_paid"],
+            victim_gas=gas.of(victim), honest_burned=f["victim_stake_lost"],
+            facts={**odds, **f, "requests": jobs, "wanted_per_block": per_block, "blocks": len(per_block),
+                   "escrow_undrawn": escrow_undrawn, "pool_rule": pool_rule(m, m.consumer2),
+                   "script_errors": script.errors})
+
+
+def f6_full_capture(m, work: Path) -> Measured:
+    """F6 (medium): full capture. A cartel holds all three seats of a job (chance ~s^3 in an open
+    market; made certain here by the cartel's own private mesh of three, which an honest consumer
+    may use: mesh 3 + open market P0..P3 for its juries, --min-pool 6 passes). The cartel signs one
+    bogus answer without computing; the consumer's `mesh settle` settles: agreed, paid at once. The
+    consumer then finds the answer wrong and tries to take it to a court: `dispute` accepts only a
+    contested job, and nothing audits an agreed one."""
+    consumer, mesh = m.consumer2, keccak(b"f6: the cartel's mesh")
+    honest = Honest(m, work, m.providers)  # the open market: who would judge a contest
+    with GasMeter(m) as gas:
+        cartel = sybils_of(m, m.outsider, "f6-cartel", 3, 100 * MESH, group=mesh)
+        rule = pool_rule(m, consumer, mesh)
+        before = _snapshot_holdings(m, [*cartel, consumer])
+        job, lie = open_job(m, consumer, group=mesh), bogus()
+        _deliver(m, honest, consumer, job, cartel, lie)
+        st = job_state(m.chain, job.job_id)
+        n = job.seat_count
+        claimed = Contest((lie.hash,) * n + (ZERO32,) * (5 - n), (lie.count,) * n + (0,) * (5 - n), 0b111, 0, 0b111,
+                          m.now(), (0,) * 5)
+        refused = revert_name(lambda: m.mc.dispute(consumer, job, claimed, REQUEST))
+        d = _delta(before, m, [*cartel, consumer])
+        return Measured(
+            "F6", "full capture: three cartel seats sign one bogus answer",
+            "cartel: 3 x maxTokens x price = 3,840 for no work, with chance ~s^3 per job; no recourse",
+            attacker_net=sum(d[c.address] for c in cartel), attacker_gas=gas.of(*cartel),
+            victim_loss=max(0, -d[consumer.address]), victim_gas=gas.of(consumer),
+            facts={"pool_rule": rule, "outcome": st.settled["outcome"] if st.settled else None,
+                   "cartel_paid": list(st.settled["paid"])[:3] if st.settled else None,
+                   "slash_mask": st.settled["slashMask"] if st.settled else None, "contest_refused": refused,
+                   "consumer_cost": -d[consumer.address], "audited": False})
+
+
+def f7_pool_that_cannot_judge(m, work: Path) -> Measured:
+    """F7 (medium): the contract runs no pool check. The model is served by three honest providers
+    (P3 left): no jury can be drawn besides a job's seats. The consumer library refuses the pool
+    (--min-pool 6); a consumer that skips the rule opens a job, and the contract draws it. F1's
+    lone-result step: it asks V alone, settles with V's result alone; V's keeper disputes and draws:
+    void; the provisional outcome (nobody) stands: a free answer, V unpaid."""
+    attacker = m.consumer
+    m.mc.deregister(m.providers[3])
+    honest = Honest(m, work, m.providers[:3])
+    with GasMeter(m) as gas:
+        rule = pool_rule(m, attacker)
+        before = holdings(m, attacker)
+        undrawn, _ = open_undrawn(m, attacker)
+        drawn: list[Job] = []
+        refused = revert_name(lambda: drawn.append(draw(m, attacker, undrawn)))
+        facts = {"pool_rule": rule, "pool_size": len(members(m)), "draw_refused": refused}
+        if drawn:
+            job, victim = drawn[0], acct_of(drawn[0].seats[0])
+            v0 = (holdings(m, victim), stake(m, victim), owed(m, victim))
+            st, script = _lone_result(m, honest, attacker, job)
+            facts.update(_lone_facts(m, st, victim, v0, ()), disputer=st.disputer, script_errors=script.errors)
+        return Measured(
+            "F7", "a pool that cannot judge: a lone result and a void dispute give a free answer",
+            "consumer: the answer for nothing (its escrow refunded); the lone honest seat unpaid",
+            attacker_net=holdings(m, attacker) - before, attacker_value=HONEST_PAY if drawn else 0,
+            attacker_gas=gas.of(attacker), victim_loss=HONEST_PAY - facts.get("victim_paid", HONEST_PAY),
+            victim_gas=gas.of(*m.providers[:3]), facts=facts)
+
+
+def f8_forced_onto_the_chain(m, work: Path) -> Measured:
+    """F8 (low): a seat forced onto the chain. Six honest providers (--min-pool 6 passes). The
+    consumer gets all three answers and never settles: every seat's keeper must commit in its claim
+    window (on-chain, its own gas). One seat's keeper is then down for the 600 s reveal window (a
+    restart, an outage); the others reveal and finalize: the commitment never revealed is slashed as
+    a free veto would be, and nobody is paid for the transactions the consumer forced."""
+    attacker = m.consumer
+    extra = honest_providers(m, "f8-honest", 2)
+    honest = Honest(m, work, [*m.providers, *extra])
+    with GasMeter(m) as gas:
+        rule = pool_rule(m, m.consumer2)
+        before = holdings(m, attacker)
+        job = open_job(m, attacker)
+        seats = [acct_of(s) for s in seats_of(job)]
+        b = {p.address: (stake(m, p), owed(m, p)) for p in seats}
+        for p in seats:
+            honest.seat(p).serve(job, HONEST)
+        mine_at(m, delivery_end(job))
+        honest.tick()  # nobody settled: every keeper commits its claim
+        committed = sorted(job_state(m.chain, job.job_id).committed)
+        down = seats[2]
+        up = Honest(m, work)  # everyone but the seat that is down
+        up.seats, up.log = {a: s for a, s in honest.seats.items() if a != down.address}, honest.log
+        st = drive(m, job.job_id, up)
+        honest.seat(down).tick()  # back: the job is closed
+        lost = [b[p.address][0] - stake(m, p) for p in seats]
+        paid = [owed(m, p) - b[p.address][1] for p in seats]
+        claimed = [i for i, p in enumerate(seats) if p != down]
+        return Measured(
+            "F8", "force every seat onto the commit path by not settling; one misses its reveal window",
+            "the consumer: free (it pays the revealed work only); the seats: commit + reveal gas each, and a "
+            "lock L for a 600 s outage",
+            attacker_net=holdings(m, attacker) - before, attacker_value=3 * HONEST_PAY, attacker_gas=gas.of(attacker),
+            victim_loss=sum(lost) + sum(HONEST_PAY - x for x in paid), victim_gas=gas.of(*seats),
+            honest_burned=sum(lost),
+            facts={"pool_rule": rule, "committed": committed, "down_seat": 2, "stake_lost": lost, "paid": paid,
+                   "compensation": [paid[i] - HONEST_PAY for i in claimed],
+                   "forced_gas": [gas.of(p) for p in seats], "outcome": st.settled["outcome"],
+                   "slash_mask": st.settled["slashMask"], "consumer_cost": before - holdings(m, attacker)})
+
+
+#: ProviderRegistry's storage slots (state variables in declaration order; immutables and the
+#: transient reentrancy guard take none): accounts 0, listings 1, thaws 2, credit 3, _pools 4, _before 5.
+POOLS_SLOT = 4
+
+
+def member_slot(pool: bytes, index: int) -> int:
+    """The storage slot of `_pools[pool].members[index]` (Pool: size|sizeBefore|changedAt, then members)."""
+    base = int.from_bytes(keccak(pool + POOLS_SLOT.to_bytes(32, "big")), "big")
+    return int.from_bytes(keccak(index.to_bytes(32, "big") + (base + 1).to_bytes(32, "big")), "big")
+
+
+def _member_word(m, pool: bytes, index: int) -> int:
+    """A member's storage word, checked against poolMember (Member: provider 160 bits, price 40,
+    free 32, touched 24)."""
+    word = int.from_bytes(m.chain.w3.eth.get_storage_at(m.chain.registry.address, member_slot(pool, index)), "big")
+    provider, price, free, touched = m.chain.registry.functions.poolMember(pool, index).call()
+    assert (word & (2**160 - 1), word >> 160 & (2**40 - 1), word >> 200 & (2**32 - 1), word >> 232) == \
+        (int(provider, 16), price, free, touched), "scenario: the registry's storage layout is not the one assumed"
+    return word
+
+
+def f9_block_tags_wrap(m, work: Path, trials: int = 20) -> Measured:
+    """F9 (low): `Member.touched` keeps the low 24 bits of the block of a member's last change; a
+    draw that finds a member touched "in its own block" reads the member as that block began
+    (`_before`). Seven honest providers; P0 (pool index 0) leaves and puts its stake to thaw: the
+    last member moves into its index, and `_before` keeps P0's entry. 2^24 blocks later (~48 days at
+    0.25 s) the tag equals the block's again. Anvil mines ~50 blocks a second here (2^24: days), so
+    the state the registry holds then is written directly: the one field that depends on the block
+    of the change, the 24-bit tag, set to what a change 2^24 blocks before the draw's block leaves
+    (anvil_setStorageAt; everything else is the real state). Then new jobs are drawn, each in
+    another block (trials on snapshots)."""
+    consumer, leaver = m.consumer2, m.providers[0]
+    honest_providers(m, "f9-honest", 3)
+    pool = pool_key(m)
+    index = m.chain.registry.functions.listings(leaver.address).call()[3] - 1
+    m.mc.deregister(leaver)
+    left_at = m.chain.w3.eth.block_number
+    shrink_stake(m, leaver, 0)
+    word = _member_word(m, pool, index)
+    moved = to_checksum_address("0x%040x" % (word & (2**160 - 1)))
+    rows = []
+    for t in range(trials):
+        snap = m.rpc("evm_snapshot")
+        mine_blocks(m, t + 1)
+        job, _ = open_undrawn(m, consumer)
+        at = m.chain.w3.eth.block_number + 1  # the draw's block
+        tagged = word & (2**232 - 1) | (at - 2**24) % 2**24 << 232
+        m.rpc("anvil_setStorageAt", [m.chain.registry.address, hex(member_slot(pool, index)),
+                                     "0x" + tagged.to_bytes(32, "big").hex()])
+        rc = m.chain.transact(consumer, m.chain.market.functions.drawSeats(job.as_abi()), gas=BLOCK_GAS)
+        assert rc["blockNumber"] == at, "scenario: the draw was not mined in the block its tag was set for"
+        seats = [to_checksum_address(a) for a in m.mc._event(rc, "SeatsDrawn")["seats"]]
+        rows.append({"departed_seated": leaver.address in seats, "moved_seated": moved in seats})
+        assert m.rpc("evm_revert", [snap]) is True
+    departed = sum(r["departed_seated"] for r in rows)
+    return Measured(
+        "F9", "24-bit block tags wrap: a draw reads a member who left 2^24 blocks ago",
+        "after 2^24 blocks (~48 days at 0.25 s blocks) a draw reads a stale entry: a provider who left is "
+        "seated (a no-show) or seats a jury (absent: counted as pass)",
+        facts={"trials": trials, "departed_seated": departed, "moved_seated": sum(r["moved_seated"] for r in rows),
+               "tag_bits": 24, "left_at_block": left_at, "tag_at_leave": left_at % 2**24, "moved_into_index": moved,
+               "leaver_listed": m.mc.account(leaver.address)["listed"], "leaver_stake": stake(m, leaver),
+               "wrap_days_at_quarter_second": round(2**24 * 0.25 / 86400, 1)})
+
+
+#: issue 17's findings, in order (key, scenario, keyword arguments): the bench takes them with v3.
+FINDINGS: list[tuple[str, Callable[..., Measured], dict]] = [
+    ("F1", f1_lone_result_capture, {}),
+    ("F2", f2_exit_after_the_draw, {}),
+    ("F3-lazy", f3_lazy_or_absent_jurors, {}),
+    ("F3-absent", f3_lazy_or_absent_jurors, {"absent": True}),
+    ("F4", f4_zero_stake_dilution, {}),
+    ("F5", f5_conditional_committees, {}),
+    ("F6", f6_full_capture, {}),
+    ("F7", f7_pool_that_cannot_judge, {}),
+    ("F8", f8_forced_onto_the_chain, {}),
+    ("F9", f9_block_tags_wrap, {}),
 ]

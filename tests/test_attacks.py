@@ -24,6 +24,11 @@ A20a, A20b (found): on Ethereum proof-of-stake a block's prevrandao is public on
 registry's draw reads each pool as it was when its block began (ProviderRegistry._keep), which
 these tests show. A21 (found): a pool too small to seat a jury lets a cartel of two seats be paid;
 an honest consumer refuses such a pool (consumer.discovery.check_jury).
+
+F1-F9 (issue 17): an independent audit of the v2 contracts. Each test asserts the property protocol
+v3 defends (docs/design/PROTOCOL_V3.md §6) and fails on today's contracts, where the attack works:
+a strict xfail names the finding until its step of v3 lands, when the test must pass (a strict xfail
+that passes fails the suite). Their failure messages carry the attack's numbers on v2.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from __future__ import annotations
 import pytest
 
 import tests.attack_scenarios as sc
-from meshmarket.mesh.market import DRAW_WINDOW, OUTCOME_AGREED, OUTCOME_JUDGED, OUTCOME_PROVISIONAL
+from meshmarket.mesh.lifecycle import DRAW_WINDOW
+from meshmarket.mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, OUTCOME_PROVISIONAL
 from tests.conftest import FUNDS, MODEL, PRICE, STAKE
 
 P = sc.P
@@ -544,3 +550,186 @@ def test_a_lone_seats_keeper_draws_the_jury_with_its_dispute(market, tmp_path):
     assert len(st.jurors) == 3 and not st.void, f"the dispute's jury was left to a later pass: {honest.log}"
     st = sc.drive(m, job.job_id, honest)
     assert st.settled["outcome"] == OUTCOME_JUDGED and int(st.settled["paid"][0]) == HONEST_PAY, honest.log
+
+
+# ############################################################################# F1-F9 — issue 17 (protocol v3)
+
+def v3(finding: str, why: str):
+    """The finding's test fails on the v2 contracts; protocol v3 fixes it (strict: a pass is news)."""
+    return pytest.mark.xfail(strict=True, reason=f"{finding}: {why} (protocol v3, issue 17)")
+
+
+@v3("F1", "a lone honest result goes to a jury drawn from the pool minus the seats")
+def test_f1_a_lone_honest_result_is_paid_and_cannot_be_jury_captured(market, tmp_path):
+    """F1 — lone-result jury capture (critical). The pool: four honest providers (1,000 MESH each)
+    and the attacker's three sybils of 50 MESH (3.6% of the stake; seven providers, so an honest
+    consumer's --min-pool 6 accepts it). The consumer re-rolls until three honest seats are drawn
+    (the jury's pool is then one honest provider and the three sybils), asks seat V alone and
+    settles with V's result alone: contested, nobody provisional; V's keeper disputes (bond F =
+    1,280) and draws the jury; the sybil jurors vote V hard. v2: V's lock L = 1,000,000 burns, its
+    bond pays the jury (1,278), V is unpaid; the sybils earn 852 and the consumer has a free answer.
+
+    PROPERTY (v3 §6 F1): a seat that delivered an honest answer is paid for it without a jury the
+    consumer can stack, its stake is never reduced, and the attack gains the attacker nothing.
+    """
+    r = sc.f1_lone_result_capture(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule"] is None and f["stake_share"] < 0.04, "test harness: " + r.say()
+    assert f["victim_stake_lost"] == 0 and f["victim_paid"] == HONEST_PAY, \
+        "the honest seat V's lock was burned and its answer unpaid: " + r.say()
+    assert r.profit <= 0, "the lone-result attack paid: " + r.say()
+
+
+@v3("F2", "a member leaving after the draw voids the dispute")
+def test_f2_an_exit_after_the_draw_neither_voids_the_dispute_nor_pays_the_cartel(market, tmp_path):
+    """F2 — exit after the draw (high). A six-provider open market, three of them a cartel (100
+    MESH each; --min-pool 6 passes). When an honest consumer's job seats two of the cartel (chance
+    9/20), the third deregisters at once (free); the two sign a bogus 128-token answer and are the
+    provisional majority; the honest seat disputes; the jury's pool (the pool minus the seats) holds
+    two providers: v2 voids the dispute, pays the cartel 2 x 1,280 and the honest seat nothing; the
+    member registers again.
+
+    PROPERTY (v3 §6 F2): leaving the pool takes effect only after every court the provider could sit
+    on: the dispute is judged (never void), the cartel is not paid, the honest seat is.
+    """
+    r = sc.f2_exit_after_the_draw(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule"] is None and f["disputer"] is not None and f["leaver_listed_again"], "test harness: " + r.say()
+    assert not f["void"], "the cartel member's exit after the draw voided the dispute: " + r.say()
+    assert f["cartel_paid"] == [0, 0] and f["honest_paid"] == HONEST_PAY, "the bogus majority was paid: " + r.say()
+    assert r.attacker_net < 0, "the exit paid the cartel: " + r.say()
+
+
+@v3("F3", "jurors are paid whatever they vote and absence counts as pass")
+def test_f3_absent_or_lazy_jurors_lose_their_juror_stake_and_never_count_as_pass(market, tmp_path):
+    """F3 — jurors paid for showing up (high). A mesh of an honest admin and two cartel providers it
+    invited, its juries from the open market P1..P3 (--min-pool 6 passes). The cartel signs a bogus
+    answer, the admin disputes, the jury is P1..P3: P1 scores (the cartel hard); P2 and P3 either vote
+    pass on everything without scoring (lazy, or bribed with any epsilon) or stay away. v2: each
+    revealed juror earns 426 whatever it voted, absent ones lose nothing, and a slash needs two
+    revealed hard votes: the cartel is paid 2 x 1,280 both times.
+
+    PROPERTY (v3 §6 F3): a juror's stake is at risk; lazy (incoherent) and absent jurors lose their
+    juror stake, coherent ones are paid; absence never counts as pass: the cartel is slashed.
+    """
+    with sc.reverted(market):
+        lazy = sc.f3_lazy_or_absent_jurors(market, tmp_path / "lazy")
+    absent = sc.f3_lazy_or_absent_jurors(market, tmp_path / "absent", absent=True)
+    for r in (lazy, absent):
+        assert r.facts["pool_rule"] is None and r.facts["jury_is_p1_p3"], "test harness: " + r.say()
+    assert all(x < 0 for x in lazy.facts["lazy_juror_net"]) and lazy.facts["honest_juror_net"] > 0, \
+        "lazy jurors were paid like the one that scored: " + lazy.say()
+    assert all(x > 0 for x in absent.facts["absent_juror_stake_lost"]), "absent jurors lost nothing: " + absent.say()
+    for r in (lazy, absent):
+        assert r.facts["slash_mask"] == r.facts["cartel_mask"], "lazy or absent jurors cleared the cartel: " + r.say()
+
+
+@v3("F4", "zero-stake members use up the 64 draw attempts and a short jury voids the dispute")
+def test_f4_zero_stake_members_are_never_drawn_and_never_void_a_draw(market, tmp_path):
+    """F4 — zero-stake dilution (medium-high). Eight honest providers and a cartel of two: a mesh of
+    an honest admin and the cartel, its juries from an open market of seven honest providers
+    (--min-pool 6 passes, before and after). The cartel's bogus answer is contested; then 300
+    zero-stake sybils register in the open market (no stake needed; the pool rule does not count
+    them). Eight trials at other heights: the admin's keeper disputes and draws the jury; eight new
+    jobs try their seat draw. v2: 64 attempts over 307 members, 300 of weight 0: most juries come up
+    short and the dispute is void at once (the bogus majority paid); most seat draws fail their block.
+
+    PROPERTY (v3 §6 F4): a member below the minimum stake is never drawn and costs a draw nothing:
+    no jury is void, every seat draw succeeds in its block.
+    """
+    r = sc.f4_zero_stake_dilution(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule_before"] is None and f["pool_rule_after"] is None, "test harness: " + r.say()
+    assert f["contest_provisional"] == f["cartel_mask"] and f["pool_size"] == 307, "test harness: " + r.say()
+    assert f["void_juries"] == 0, "zero-stake sybils voided disputes: " + r.say()
+    assert f["seat_draws_in_one_block"] == f["trials"], "zero-stake sybils made seat draws fail: " + r.say()
+
+
+@v3("F5", "a conditional draw among many requests chooses the jury's pool")
+def test_f5_conditional_committees_buy_no_court_advantage(market, tmp_path):
+    """F5 — conditional draws across jobs (medium). F1's pool (four honest, three sybils of 50
+    MESH). The consumer opens 16 requests in one block (no escrow until drawn) and draws only one
+    whose committee is three honest providers (a bundle or an EIP-7702 account reverts the others;
+    emulated as A22); that committee leaves the jury's pool to the sybils. Then F1's lone result on
+    it. v2: a wanted committee comes in the first block of the window (each request has chance
+    ~0.28); its jury-capture odds are ~1 against ~0.5 for a committee the pool draws; V is burned.
+
+    PROPERTY (v3 §6 F5): the committee decides nothing about the court: a consumer's chosen
+    committee wins it no case more often than the pool's own draw does (c(s)).
+    """
+    r = sc.f5_conditional_committees(market, tmp_path)
+    f = r.facts
+    assert f["escrow_undrawn"] == 0 and f["pool_rule"] is None, "test harness: " + r.say()
+    assert f["capture_odds_kept"] <= f["capture_odds_natural"] + 0.05, \
+        "a conditionally drawn committee raised the jury's capture odds: " + r.say()
+    assert f["victim_stake_lost"] == 0 and f["victim_paid"] == HONEST_PAY, "the honest seat was burned: " + r.say()
+
+
+@v3("F6", "an agreed answer cannot be disputed or audited")
+def test_f6_three_agreeing_cartel_seats_can_be_contested_and_audited(market, tmp_path):
+    """F6 — full capture (medium). A cartel holds all three seats (chance ~s^3 in an open market;
+    certain here: its own mesh of three, juries from the open market P0..P3, --min-pool 6 passes)
+    and signs one bogus answer. v2: agreed, paid 3 x 1,280 at once; `dispute` takes only contested
+    jobs (JobNotOpen); nothing audits an agreed answer.
+
+    PROPERTY (v3 §6 F6): the consumer can contest an agreed answer before a jury drawn outside the
+    seats (and audits check agreed answers): the cartel is slashed and unpaid.
+    """
+    r = sc.f6_full_capture(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule"] is None, "test harness: " + r.say()
+    assert f["contest_refused"] is None, "three agreeing cartel seats could not be contested: " + r.say()
+    assert f["cartel_paid"] == [0, 0, 0] and f["slash_mask"] == 0b111, "the full capture paid: " + r.say()
+
+
+@v3("F7", "the contract seats a job in a pool that cannot judge")
+def test_f7_the_contract_refuses_a_pool_that_cannot_judge(market, tmp_path):
+    """F7 — no pool check in the contract (medium). A model served by three providers: the consumer
+    library refuses the pool (--min-pool 6), a consumer that skips the rule is served anyway. v2: the
+    draw seats the three; F1's lone result (V alone, settled alone) is disputed, the jury is void,
+    nobody is paid: the answer is free, V unpaid.
+
+    PROPERTY (v3 §6 F7, §2.4): the contract refuses to seat a job in a pool that cannot judge it
+    (PoolTooSmall); no honest seat works for nothing.
+    """
+    r = sc.f7_pool_that_cannot_judge(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule"] is not None and f["pool_size"] == 3, "test harness: " + r.say()
+    assert f["draw_refused"] == "PoolTooSmall", "the contract seated a job in a pool that cannot judge: " + r.say()
+    assert r.victim_loss == 0 and r.profit <= 0, r.say()
+
+
+@v3("F8", "a seat forced onto the commit path is slashed for a missed reveal window")
+def test_f8_a_seat_forced_onto_the_chain_is_never_slashed_and_is_compensated(market, tmp_path):
+    """F8 — a seat forced onto the chain (low). Six honest providers (--min-pool 6 passes). The
+    consumer holds all three answers and never settles: every seat must commit on-chain; one seat's
+    keeper is down for the 600 s reveal window. v2: the others reveal and finalize; the unrevealed
+    commitment is slashed (L = 1,000,000 burned); nobody is paid for the transactions the consumer
+    forced (commit + reveal gas each).
+
+    PROPERTY (v3 §6 F8): a seat is never slashed for a window the consumer forced on it, and a seat
+    forced to claim is compensated (kappa) beyond its pay.
+    """
+    r = sc.f8_forced_onto_the_chain(market, tmp_path)
+    f = r.facts
+    assert f["pool_rule"] is None and f["committed"] == [0, 1, 2], "test harness: " + r.say()
+    assert f["stake_lost"] == [0, 0, 0], "a seat the consumer forced onto the chain was slashed: " + r.say()
+    assert all(c > 0 for c in f["compensation"]), "seats forced onto the chain were not compensated: " + r.say()
+
+
+@v3("F9", "24-bit block tags wrap after 2^24 blocks")
+def test_f9_block_tags_do_not_wrap(market, tmp_path):
+    """F9 — 24-bit block tags (low). Seven honest providers; P0 leaves the pool and puts its stake to
+    thaw. Anvil cannot reach 2^24 more blocks (about 50 a second here), so the state the registry
+    holds 2^24 blocks after the leave is written directly: the leave's 24-bit tag (the only field
+    that depends on its block) set to what a change 2^24 blocks before the draw leaves; then 20
+    jobs are drawn, each in its block. v2: the draw reads the slot as "changed in this block" and
+    takes its entry from before the leave: P0 (gone, stake 0) is seated in about half of them.
+
+    PROPERTY (v3 §6 F9): block tags do not wrap within the market's life: a provider who left is
+    never drawn.
+    """
+    r = sc.f9_block_tags_wrap(market, tmp_path)
+    f = r.facts
+    assert not f["leaver_listed"] and f["leaver_stake"] == 0, "test harness: " + r.say()
+    assert f["departed_seated"] == 0, "a provider who left 2^24 blocks ago was seated: " + r.say()
