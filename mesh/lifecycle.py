@@ -92,6 +92,9 @@ class JobState:
     evidence: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seat -> (textHash, tokens)
     committed: set[int] = field(default_factory=set)
     revealed: set[int] = field(default_factory=set)
+    #: Jurors (lower-case addresses) whose vote commitment / vote is on-chain.
+    votes_committed: set[str] = field(default_factory=set)
+    votes_revealed: set[str] = field(default_factory=set)
     void: bool = False  # a dispute whose jury could not be drawn
     settled: dict | None = None  # JobSettled's arguments
 
@@ -141,6 +144,10 @@ def _apply(state: JobState, e: Event) -> None:
             state.jury_at = e.block_time
     elif e.name == "EvidencePosted":
         state.evidence[int(args["seat"])] = (bytes(args["textHash"]), bytes(args["tokens"]))
+    elif e.name == "VoteCommitted":
+        state.votes_committed.add(str(args["juror"]).lower())
+    elif e.name == "VoteRevealed":
+        state.votes_revealed.add(str(args["juror"]).lower())
     elif e.name == "JobSettled":
         state.settled = dict(args)
 
@@ -377,14 +384,18 @@ def seat_action(state: JobState, claim: SeatClaim, params: MarketParams, now: in
     if job.drawn_at == 0:
         return Action("wait", "the job is not drawn")  # never for a claim: a seat serves drawn jobs only
     finalize_at = d.finalize_from(bool(state.committed))
-    if not claim.committed and d.delivery_end <= now < d.claim_end:
+    # The chain's word counts too: a keeper that crashed after its commit (or reveal) was mined but
+    # before it recorded so still reveals (its salt was saved before the commit was sent).
+    committed = claim.committed or claim.seat in state.committed
+    revealed = claim.revealed or claim.seat in state.revealed
+    if not committed and d.delivery_end <= now < d.claim_end:
         return Action("commit", "not settled after the delivery window; claim committed on-chain")
-    if claim.committed and not claim.revealed and d.claim_end <= now < d.reveal_end:
+    if committed and not revealed and d.claim_end <= now < d.reveal_end:
         return Action("reveal", "claim revealed")
     if now >= finalize_at:
         return Action("finalize", "finalized without the consumer")
-    nexts = [t for t in (d.delivery_end if not claim.committed else None,
-                         d.claim_end if claim.committed and not claim.revealed else None, finalize_at)
+    nexts = [t for t in (d.delivery_end if not committed else None,
+                         d.claim_end if committed and not revealed else None, finalize_at)
              if t is not None and t > now]
     return Action("wait", "the consumer may still settle", min(nexts))
 
@@ -427,19 +438,28 @@ class JuryDuty(Protocol):
     def revealed(self) -> bool: ...
 
 
-def juror_action(state: JobState | None, duty: JuryDuty, params: MarketParams, now: int) -> Action:
+def juror_action(state: JobState | None, duty: JuryDuty, params: MarketParams, now: int,
+                 juror: str | None = None) -> Action:
     """What a drawn juror does: once the evidence phase is over, judge the published outputs and
-    commit its verdicts; reveal them in the reveal phase. "closed": the duty is over."""
+    commit its verdicts; reveal them in the reveal phase. "closed": the duty is over. The chain's
+    word counts beside the duty's flags (`juror`: its address): a keeper killed after its commit
+    was mined but before it recorded so still reveals (its salt was saved when the duty was found;
+    judging again gives the verdicts back)."""
     if state is None or state.closed or state.contest is None or state.jury_at is None:
         return Action("closed", "the job closed, or has no jury")
     d = Deadlines.of(state, params)
     (commit_at, reveal_at), (_, reveal_end) = d.vote_commit, d.vote_reveal
-    if not duty.committed and commit_at <= now < reveal_at:
+    me = (juror or "").lower()
+    committed = duty.committed or me in state.votes_committed
+    revealed = duty.revealed or me in state.votes_revealed
+    if not committed and commit_at <= now < reveal_at:
         if not duty.verdicts:
             return Action("judge", "the evidence phase is over")
         return Action("commit_vote", "the vote commit phase")
-    if duty.committed and not duty.revealed and reveal_at <= now < reveal_end:
+    if committed and not revealed and reveal_at <= now < reveal_end:
+        if not duty.verdicts:
+            return Action("judge", "its committed verdicts were not recorded: judged again to reveal them")
         return Action("reveal_vote", "the vote reveal phase")
-    nexts = [t for t in (commit_at if not duty.committed else None, reveal_at if not duty.revealed else None)
+    nexts = [t for t in (commit_at if not committed else None, reveal_at if not revealed else None)
              if t is not None and t > now]
     return Action("wait", "the court's next phase", min(nexts) if nexts else 0)

@@ -119,7 +119,7 @@ class CourtKeeper:
     def _advance(self, duty: Duty, now: int) -> None:
         st = job_state(self.chain, duty.job_id, duty.open_block or None)
         short = f"jury 0x{duty.job_id.hex()[:12]}…"
-        action = juror_action(st, duty, self.params, now)
+        action = juror_action(st, duty, self.params, now, self.account.address)
         if action.kind == "closed":
             with self._lock:
                 self._duties.pop(duty.job_id, None)
@@ -128,7 +128,7 @@ class CourtKeeper:
         assert st is not None
         if action.kind == "judge":
             self._judge(duty, st)
-            action = juror_action(st, duty, self.params, now)
+            action = juror_action(st, duty, self.params, now, self.account.address)
         if action.kind == "commit_vote":
             packed = pack_verdicts(duty.verdicts)
             self.mc.commit_vote(self.account, duty.job_id, vote_commitment(duty.job_id, self.account.address, packed,

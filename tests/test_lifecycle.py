@@ -400,3 +400,23 @@ def test_deadlines_follow_the_contract():
     assert d.vote_reveal == (jury + 320, jury + 480) and d.court_end == jury + 480 and d.court_length == 480
     with pytest.raises(ValueError):
         _ = Deadlines(p, w.state.job).dispute_end  # no contest given: no dispute window
+
+
+def test_a_seat_whose_commit_was_mined_but_not_recorded_still_reveals():
+    """A keeper killed after its commit was mined but before its claim file said so: the chain's
+    ResultCommitted counts, so it reveals (its salt was saved before the commit was sent) instead
+    of leaving its committed seat unrevealed, which finalize would slash."""
+    p = MarketParams()
+    w = World(p, 3, {0: 0, 1: 0, 2: 0}, held={0, 1}, consumer=False, keepers={2: SeatClaim(2)},
+              disputes={}, jury_possible=True, jurors_present=set(), fee=300)
+    w.emit("JobOpened", consumer=CONSUMER, modelHash=keccak(b"m"), slot=0, group=b"\x00" * 32,
+           promptHash=keccak(b"{}"), maxTokens=100, priceCap=3)
+    w.emit("SeatsDrawn", seed=keccak(b"seed"), drawnAt=w.now, seats=SEATS[:3], prices=[3] * 3)
+    d = Deadlines(p, w.state.job)
+    w.now = d.delivery_end
+    w.emit("ResultCommitted", seat=2, commitment=keccak(b"c"))
+    forgot = SeatClaim(2, committed=False)  # the claim file never recorded the commit
+    assert seat_action(w.state, forgot, p, d.claim_end, w.block).kind == "reveal"
+    assert seat_action(w.state, forgot, p, d.claim_end - 1, w.block).kind == "wait"
+    w.emit("ResultRevealed", seat=2, outputHash=keccak(b"o"), tokenCount=3)
+    assert seat_action(w.state, forgot, p, d.claim_end + 1, w.block).kind == "wait"

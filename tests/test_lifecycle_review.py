@@ -206,13 +206,12 @@ def test_a_seat_killed_after_its_commit_was_mined_reveals_on_restart_and_is_paid
     assert int(st.settled["slashMask"]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: a juror killed after its commitVote was mined but before court.json recorded it never "
-    "reveals after a restart: juror_action reads only the duty's flag (fold ignores VoteCommitted), so "
-    "it re-judges, retries the commit (AlreadyCommitted) until the phase ends, then waits forever; the "
-    "juror forfeits its share and its vote is lost (a liar then escapes the slash when the revealed "
-    "hard votes fall below the jury's majority). The seat's analogue was fixed in issue 16 (change 2)"))
 def test_a_juror_killed_after_its_vote_commit_was_mined_still_reveals(market, tmp_path):
+    """A juror killed after its commitVote was mined but before court.json recorded it (found by the
+    review of issue 16; the old keeper had it too): after a restart the chain's VoteCommitted counts,
+    so it judges again to recover its verdicts and reveals them with the salt saved when the duty was
+    found, instead of retrying the commit and waiting forever (its share and its vote lost, a liar
+    escaping the slash when the revealed hard votes fall below the jury's majority)."""
     m = market
     job, contest, lie = _contested_with_liar(m)
     honest_providers(m, "restart-juror", 3)
