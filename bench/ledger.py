@@ -50,7 +50,8 @@ from meshmarket.mesh.anvil import start_anvil  # noqa: E402
 from meshmarket.mesh.chain import Chain, connect  # noqa: E402
 from meshmarket.mesh.config import MarketParams  # noqa: E402
 from meshmarket.mesh.keys import dev_account  # noqa: E402
-from meshmarket.mesh.market import CONTEST_ABI, HARD, PASS, pack_verdicts  # noqa: E402
+from meshmarket.mesh.lifecycle import CONTEST_ABI  # noqa: E402
+from meshmarket.mesh.market import HARD, PASS, pack_verdicts  # noqa: E402
 from meshmarket.mesh.protocol import JOB_ABI, output_hash, pack_tokens  # noqa: E402
 
 TARGET_SELECT_MS = 200

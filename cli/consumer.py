@@ -27,6 +27,11 @@ from meshmarket.mesh.limits import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS, MAX_TOKE
 from meshmarket.mesh.types import format_amount, format_price, format_when
 
 
+
+def settle_line(note) -> str:
+    """A consumer.settlement.SettleNote as a line: a job that moves on only later says how."""
+    return note.text + ("; `mesh settle` then" if note.kind == "wait" else "")
+
 def _model_hash(model: str) -> bytes:
     """--model: a 0x sha256 of the GGUF file, 'default', or a path to a GGUF file."""
     if model.startswith("0x") and len(model) == 66:
@@ -86,7 +91,7 @@ def ask(prompt, model, max_tokens, max_price, system, group, seed, temperature, 
     acct = resolve_account(account_name, chain.chain_id)
     out = _Stream(quiet=as_json)
     say = out.status
-    settle_pending(chain, acct, on_event=say)  # move on what an earlier run left open
+    settle_pending(chain, acct, on_event=lambda n: say(settle_line(n)))  # move on what an earlier run left open
     model_hash = _model_hash(model)
     opts = AskOptions(max_tokens=max_tokens, max_price=max_price, temperature_milli=round(temperature * 1000),
                       top_p_milli=round(top_p * 1000), seed=seed, stop=tuple(stop), group=group_id(group),
@@ -251,7 +256,7 @@ def settle(account_name, rpc, as_json) -> None:
 
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
-    done = settle_pending(chain, acct, on_event=(lambda m: None) if as_json else click.echo)
+    done = settle_pending(chain, acct, on_event=(lambda n: None) if as_json else lambda n: click.echo(settle_line(n)))
     left = [p for p in Journal().pending() if p.job is not None and p.job.consumer == acct.address]
     if as_json:
         echo_json({"jobs": done, "pending": ["0x" + p.job_id.hex() for p in left]})

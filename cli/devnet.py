@@ -193,7 +193,7 @@ class MeshNet:
         (dispute window, evidence, votes) and let the providers' own keepers act in it: seats
         publish their evidence, drawn jurors score and vote. Returns the final JobState."""
         from meshmarket.consumer.settlement import settle_pending
-        from meshmarket.mesh.market import job_state
+        from meshmarket.mesh.lifecycle import job_state
 
         p, deadline = self.deployment.params, time.monotonic() + timeout
 
@@ -207,7 +207,7 @@ class MeshNet:
                 time.sleep(0.2)
 
         def settle() -> None:
-            settle_pending(self.chain, consumer, journal, on_event=say)
+            settle_pending(self.chain, consumer, journal, on_event=lambda n: say(n.text))
 
         st = state()
         while not st.closed:

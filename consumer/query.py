@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import trio
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
-from web3.logs import DISCARD
 
 from meshmarket.consumer import query_events as ev
 from meshmarket.consumer.client import Answer, fetch_manifest, run_job
@@ -40,7 +39,9 @@ from meshmarket.consumer.journal import Journal, PendingJob
 from meshmarket.consumer.receipt import Receipt, SlotReport
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import ChainError, PromptTooLong, ProviderFailed, RequestRefused
-from meshmarket.mesh.market import OUTCOMES, ZERO32, Contest, MarketClient
+from meshmarket.mesh.events import EventDecoder
+from meshmarket.mesh.lifecycle import Contest, Deadlines
+from meshmarket.mesh.market import OUTCOMES, ZERO32, MarketClient
 from meshmarket.mesh.p2p import Node
 from meshmarket.mesh.protocol import SEATS, InferRequest, Job, Manifest, Sampling, canonical_json
 
@@ -359,7 +360,7 @@ class Query:
             p = self.chain.deployment.params
             raise RequestRefused(f"the seats refused the request: {self.request_fault.message}", job_id=self.job_id,
                                  fault=self.request_fault,
-                                 deadline=self.job.drawn_at + p.delivery_window + p.claim_window,
+                                 deadline=Deadlines(p, self.job).claim_end,
                                  now=self.chain.pending_time())
         outcome = compare(self.answers)
         missing = [i for i in range(self.job.seat_count) if i not in self.answers]
@@ -368,8 +369,7 @@ class Query:
             kind = "pending"
             for i in missing:
                 self.slots[i].status = self.slots[i].status or "no result"
-            p = self.chain.deployment.params
-            deadline = self.job.drawn_at + p.delivery_window + p.claim_window
+            deadline = Deadlines(self.chain.deployment.params, self.job).claim_end
             self._emit(ev.Pending(self.job_id, tuple(missing), deadline, self.chain.pending_time()))
         else:
             try:
@@ -401,8 +401,8 @@ class Query:
             self._contested(contest)
             return 0, False, "contested"
         settled = self.mc.settled_event(r)
-        slashed = {to_checksum_address(e["args"]["provider"]): int(e["args"]["amount"])
-                   for e in self.chain.registry.events.Slashed().process_receipt(r, errors=DISCARD)}
+        slashed = {to_checksum_address(e.args["provider"]): int(e.args["amount"])
+                   for e in EventDecoder.for_chain(self.chain).in_receipt(r, "Slashed")}
         for i, s in enumerate(self.slots):
             s.paid, s.agreed = int(settled["paid"][i]), int(settled["paid"][i]) > 0
             s.slashed = slashed.get(s.provider, 0)
@@ -437,4 +437,4 @@ class Query:
             _, r = self.mc.draw_jury(self.account, self.job, contest)
             self.gas["draw_jury"] = r["gasUsed"]
             self.timings["dispute"] = (time.perf_counter() - t) * 1000
-            self._emit(ev.Disputed(self.job_id, self.job.jury_fee, 3 * params.court_phase))
+            self._emit(ev.Disputed(self.job_id, self.job.jury_fee, Deadlines(params, self.job).court_length))

@@ -18,6 +18,8 @@ is expected and a refusal that says the job moved on is not an error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from eth_account.signers.local import LocalAccount
 
@@ -32,9 +34,23 @@ from meshmarket.mesh.types import format_when
 #: How far back (blocks) `settle_pending` looks for jobs opened but never journaled.
 ORPHAN_SCAN = 100_000
 
+NoteKind = Literal["adopted", "unknown_slots", "refused", "wait", "acted", "closed"]
+
+
+@dataclass(frozen=True)
+class SettleNote:
+    """What `settle_pending` did or found for one job, for whoever shows it: `kind` says which
+    (a "wait" means the job moves on only later: `at` is from when, 0 for blocks), `text` says it
+    in words without naming any command (the CLI adds its own hint)."""
+
+    kind: NoteKind
+    text: str
+    job_id: bytes = b""
+    at: int = 0
+
 
 def settle_pending(chain: Chain, account: LocalAccount, journal: Journal | None = None,
-                   on_event: Callable[[str], None] | None = None) -> list[dict]:
+                   on_event: Callable[[SettleNote], None] | None = None) -> list[dict]:
     """Move every journaled job of `account` as far as the chain's clock allows; drop the closed
     ones. Returns one dict per job: its id, what was done, and the outcome if it closed."""
     journal = journal or Journal()
@@ -48,7 +64,7 @@ def settle_pending(chain: Chain, account: LocalAccount, journal: Journal | None 
     return report
 
 
-def _adopt_orphans(chain: Chain, account: LocalAccount, journal: Journal, say: Callable[[str], None]) -> None:
+def _adopt_orphans(chain: Chain, account: LocalAccount, journal: Journal, say: Callable[[SettleNote], None]) -> None:
     """Journal the account's jobs that are open on-chain but not in the journal (a crash between
     the open being mined and the journal being written): found from its busy ring slots and its
     JobOpened events in the last ORPHAN_SCAN blocks, then moved on like any other."""
@@ -68,13 +84,15 @@ def _adopt_orphans(chain: Chain, account: LocalAccount, journal: Journal, say: C
         state = job_state(chain, ev.args["jobId"], ev.block_number)
         if state is not None and not state.closed:
             journal.save(PendingJob(state.job_id, state.job))
-            say(f"job 0x{state.job_id.hex()[:12]}… was open on-chain but not in the journal (a crash?): adopted")
+            say(SettleNote("adopted", f"job 0x{state.job_id.hex()[:12]}… was open on-chain but not in the journal "
+                                      "(a crash?): adopted", state.job_id))
     if busy:
-        say(f"slot(s) {busy} hold jobs opened more than {ORPHAN_SCAN} blocks ago that the journal does not know")
+        say(SettleNote("unknown_slots", f"slot(s) {busy} hold jobs opened more than {ORPHAN_SCAN} blocks ago that "
+                                        "the journal does not know"))
 
 
 def _advance(chain: Chain, account: LocalAccount, journal: Journal, pj: PendingJob,
-             say: Callable[[str], None]) -> dict:
+             say: Callable[[SettleNote], None]) -> dict:
     mc = MarketClient(chain)
     short = f"job 0x{pj.job_id.hex()[:12]}…"
     state = job_state(chain, pj.job_id, from_block=pj.job.open_block)
@@ -88,23 +106,24 @@ def _advance(chain: Chain, account: LocalAccount, journal: Journal, pj: PendingJ
         try:
             _act(mc, account, state, pj, action)
         except ChainError as exc:
-            say(f"{short}: {action.kind} refused: {exc}")
+            say(SettleNote("refused", f"{short}: {action.kind} refused: {exc.message}", pj.job_id))
             state = job_state(chain, pj.job_id, from_block=pj.job.open_block) or state  # a keeper may have acted
             if not state.closed:
                 return {"job_id": "0x" + pj.job_id.hex(), "action": "failed", "error": str(exc)}
         else:
             if action.kind == "wait":
                 when = f" {format_when(action.at, chain.pending_time())}" if action.at else ""
-                say(f"{short}: {action.why}{when}; `mesh settle` then")
+                say(SettleNote("wait", f"{short}: {action.why}{when}", pj.job_id, action.at))
                 return {"job_id": "0x" + pj.job_id.hex(), "action": "wait", "why": action.why, "at": action.at}
-            say(f"{short}: {action.kind}: {action.why}")
+            say(SettleNote("acted", f"{short}: {action.kind}: {action.why}", pj.job_id))
             state = job_state(chain, pj.job_id, from_block=pj.job.open_block) or state
             if not state.closed:
                 return {"job_id": "0x" + pj.job_id.hex(), "action": action.kind, "closed": False}
     journal.remove(pj.job_id)
     ev = state.settled
     paid = [int(x) for x in ev["paid"]]
-    say(f"{short} closed ({OUTCOMES[ev['outcome']]}): paid {sum(paid)}, refund {ev['refund']} base units")
+    say(SettleNote("closed", f"{short} closed ({OUTCOMES[ev['outcome']]}): paid {sum(paid)}, refund {ev['refund']} "
+                             "base units", pj.job_id))
     return {"job_id": "0x" + pj.job_id.hex(), "action": "closed", "outcome": OUTCOMES[ev["outcome"]],
             "paid": paid, "slashed_mask": int(ev["slashMask"]), "refund": int(ev["refund"])}
 

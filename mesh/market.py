@@ -21,11 +21,9 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from meshmarket.mesh.chain import Chain
-from meshmarket.mesh.errors import ChainError
+from meshmarket.mesh.errors import JobSlotsFull
 from meshmarket.mesh.events import EventDecoder
-# The job's lifecycle (its state, its clock, the contest) lives in mesh/lifecycle.py; these names
-# are re-exported for the importers that still take them from here.
-from meshmarket.mesh.lifecycle import CONTEST_ABI, DRAW_WINDOW, Contest, JobState, job_state  # noqa: F401
+from meshmarket.mesh.lifecycle import Contest
 from meshmarket.mesh.protocol import Job
 from meshmarket.mesh.types import JobId, TokenAmount
 
@@ -53,10 +51,6 @@ from meshmarket.mesh.limits import MAX_PRICE  # noqa: E402,F401 — re-exported
 def group_id(name: str | None) -> bytes:
     """A private mesh's on-chain group: keccak256 of its name; no name is the open market (0)."""
     return keccak(text=name) if name else ZERO32
-
-
-def job_id_for(consumer: str, open_block: int, slot: int) -> JobId:
-    return JobId(keccak(abi_encode(["address", "uint64", "uint8"], [to_checksum_address(consumer), open_block, slot])))
 
 
 def result_domain(chain_id: int, market: str) -> dict:
@@ -265,8 +259,8 @@ class MarketClient:
         for i, h in enumerate(self.market.slotsOf(to_checksum_address(consumer)).call()):
             if bytes(h) in (ZERO32, CLOSED):
                 return i
-        raise ChainError(f"{consumer} has {len(JOB_SLOT_RANGE)} jobs open on-chain, the most a consumer may have",
-                         "settle them first (`mesh settle`)")
+        raise JobSlotsFull(f"{consumer} has {len(JOB_SLOT_RANGE)} jobs open on-chain, the most a consumer may have",
+                           limit=len(JOB_SLOT_RANGE))
 
     def job_slot(self, job: Job) -> bytes:
         return bytes(self.market.jobSlot(job.consumer, job.slot).call())

@@ -62,19 +62,8 @@ from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.config import MarketParams
 from meshmarket.mesh.errors import ChainError, ContractReverted, QueryError
 from meshmarket.mesh.keys import dev_account
-from meshmarket.mesh.market import (
-    DRAW_WINDOW,
-    HARD,
-    PASS,
-    Contest,
-    JobState,
-    MarketClient,
-    ResultClaim,
-    commitment,
-    job_state,
-    pack_verdicts,
-    vote_commitment,
-)
+from meshmarket.mesh.lifecycle import DRAW_WINDOW, Contest, JobState, job_state
+from meshmarket.mesh.market import HARD, PASS, MarketClient, ResultClaim, commitment, pack_verdicts, vote_commitment
 from meshmarket.mesh.protocol import Job, Sampling, canonical_json, output_hash, pack_tokens
 from meshmarket.provider.claims import Claim, ClaimKeeper
 from meshmarket.provider.court import CourtKeeper
@@ -649,7 +638,7 @@ class Consumer:
 
     def tick(self) -> list[dict]:
         return settle_pending(self.m.chain, self.acct, self.journal,
-                              on_event=lambda msg: self.log.append(f"consumer {msg}"))
+                              on_event=lambda note: self.log.append(f"consumer {note.text}"))
 
 
 class Honest:
@@ -726,6 +715,18 @@ def drive(m, job_id: bytes, honest: Honest, hook: Callable[[JobState], None] | N
             continue
         _next_deadline(m, st)
     raise AssertionError(f"scenario: job 0x{job_id.hex()[:12]} did not close; honest log: {honest.log[-12:]}")
+
+
+@contextmanager
+def chain_clock_moved_only_by_the_scenario(m):
+    """Blocks take the time the scenario set last (Anvil's timestamp interval 0) instead of the wall
+    clock's: how long the machine takes between two transactions then changes no block's time, so
+    a deadline property holds to the second. Restored after (the session's Anvil is shared)."""
+    m.rpc("anvil_setBlockTimestampInterval", [0])
+    try:
+        yield
+    finally:
+        m.rpc("anvil_removeBlockTimestampInterval")
 
 
 def settled_at(m, job_id: bytes) -> int:
@@ -1195,7 +1196,7 @@ def a10_hostage(m, work: Path) -> Measured:
     honest = Honest(m, work, m.providers[:3])  # the hostage-taker's keeper holds no claim: it withholds
     buyer = honest.consumer(consumer)
     tries: dict[str, str | None] = {}
-    with GasMeter(m) as gas:
+    with GasMeter(m) as gas, chain_clock_moved_only_by_the_scenario(m):
         before = _snapshot_holdings(m, [*m.providers[:3], consumer])
         job = open_job(m, consumer)
         buyer.opened(job)

@@ -24,7 +24,8 @@ from meshmarket.consumer.discovery import check_jury
 from meshmarket.consumer.journal import Journal
 from meshmarket.mesh.errors import QueryError
 from meshmarket.mesh.keys import dev_account
-from meshmarket.mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, ZERO32, group_id, job_state
+from meshmarket.mesh.lifecycle import job_state
+from meshmarket.mesh.market import OUTCOME_AGREED, OUTCOME_JUDGED, ZERO32, group_id
 from meshmarket.mesh.protocol import Sampling
 from meshmarket.provider.engine import build_of
 from tests.conftest import COURT, COURT_CHEATER, OPEN_POOL, SPARE

@@ -34,9 +34,9 @@ from meshmarket.contracts.deploy import deploy
 from meshmarket.mesh.config import MarketParams
 from meshmarket.mesh.errors import ChainError, ContractReverted
 from meshmarket.mesh.keys import dev_account
+from meshmarket.mesh.lifecycle import CONTEST_ABI, Contest
 from meshmarket.mesh.market import (
     CLOSED,
-    CONTEST_ABI,
     HARD,
     OUTCOME_AGREED,
     OUTCOME_JUDGED,
@@ -44,10 +44,8 @@ from meshmarket.mesh.market import (
     OUTCOME_REFUNDED,
     PASS,
     SOFT,
-    Contest,
     ResultClaim,
     commitment,
-    job_id_for,
     pack_verdicts,
     vote_commitment,
 )
@@ -67,6 +65,11 @@ GROUP = keccak(b"test group: the court's pool")
 MESH_GROUP = keccak(b"test group: a private mesh")
 PARK = keccak(b"test group: jurors waiting")
 LOCK = P.lock_for(100, PRICE)  # a seat's lock in a 100-token job at PRICE: minJobLock, 1 MESH
+
+
+def job_id_for(consumer: str, open_block: int, slot: int) -> bytes:
+    """The job id as PROTOCOL.md defines it, written here apart from mesh.protocol.Job.job_id."""
+    return keccak(abi_encode(["address", "uint64", "uint8"], [to_checksum_address(consumer), open_block, slot]))
 
 
 # ============================================================================= outputs and signatures

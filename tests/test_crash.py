@@ -45,7 +45,8 @@ from meshmarket.mesh.anvil import free_port, start_anvil
 from meshmarket.mesh.chain import Chain, connect
 from meshmarket.mesh.config import Deployment, MarketParams
 from meshmarket.mesh.keys import dev_account
-from meshmarket.mesh.market import OUTCOMES, MarketClient, job_state
+from meshmarket.mesh.lifecycle import job_state
+from meshmarket.mesh.market import OUTCOMES, MarketClient
 from meshmarket.mesh.p2p import Node, peer_id_for_key
 from meshmarket.mesh.protocol import Manifest
 from meshmarket.provider.claims import Claim, ClaimKeeper

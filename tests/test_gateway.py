@@ -34,7 +34,7 @@ from meshmarket.consumer.journal import Journal
 from meshmarket.consumer.selection import Selector
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.config import Deployment
-from meshmarket.mesh.market import job_state
+from meshmarket.mesh.lifecycle import job_state
 from meshmarket.mesh.protocol import Sampling
 
 pytestmark = pytest.mark.xdist_group("processes")

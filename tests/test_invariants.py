@@ -133,8 +133,17 @@ from eth_utils import collapse_if_tuple, keccak, to_checksum_address
 
 from meshmarket.mesh.errors import ContractReverted
 from meshmarket.mesh.keys import dev_account
-from meshmarket.mesh.market import (HARD, PASS, SOFT, Contest, MarketClient, ResultClaim, commitment, compact_signature,
-                         vote_commitment)
+from meshmarket.mesh.lifecycle import Contest
+from meshmarket.mesh.market import (
+    HARD,
+    PASS,
+    SOFT,
+    MarketClient,
+    ResultClaim,
+    commitment,
+    compact_signature,
+    vote_commitment,
+)
 from meshmarket.mesh.protocol import Job, output_hash, pack_tokens
 from meshmarket.contracts.deploy import deploy, deploy_contract, get_create_address
 from meshmarket.mesh.anvil import DEV_MNEMONIC, AnvilProcess, find_anvil, free_port, rpc_call

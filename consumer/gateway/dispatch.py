@@ -44,7 +44,8 @@ from meshmarket.consumer.selection import Selector
 from meshmarket.consumer.settlement import settle_pending
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import MeshError, ProtocolError
-from meshmarket.mesh.market import ZERO32, job_state
+from meshmarket.mesh.lifecycle import job_state
+from meshmarket.mesh.market import ZERO32
 from meshmarket.mesh.p2p import Node
 from meshmarket.mesh.protocol import Sampling
 
@@ -184,7 +185,7 @@ class Dispatcher:
         while True:
             try:
                 done = await trio.to_thread.run_sync(
-                    lambda: settle_pending(self.chain, self.account, journal, on_event=log.info))
+                    lambda: settle_pending(self.chain, self.account, journal, on_event=lambda n: log.info(n.text)))
                 if done:
                     log.info("gateway: moved on %d open job(s)", len(done))
             except Exception as exc:  # noqa: BLE001 - retried at the next round

@@ -16,7 +16,8 @@ from typing import Any
 import trio
 
 from meshmarket.mesh.errors import MeshError
-from meshmarket.mesh.market import OUTCOMES, JobState
+from meshmarket.mesh.lifecycle import JobState
+from meshmarket.mesh.market import OUTCOMES
 
 log = logging.getLogger("meshmarket.gateway")
 
