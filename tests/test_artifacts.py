@@ -34,9 +34,16 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     import zipfile
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"  # a copy: setuptools writes build/ into the tree it builds
+    for name in ("cli", "mesh", "provider", "consumer", "contracts", "ledger", "migrations"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+                    str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("meshmarket-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
