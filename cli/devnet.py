@@ -98,8 +98,7 @@ class MeshNet:
                 net.fund(i)  # minting is the deployer's: one sender, so done in turn
 
             def register(i: int) -> None:
-                net.register(i, prices[i], stakes.get(i, 100 * MESH), False,
-                             *(("--group", groups[i]) if i in groups else ()))
+                net.register(i, prices[i], stakes.get(i, 100 * MESH), False, group=groups.get(i))
 
             # A private mesh admits whom its admin (its first provider) invited: the first registers,
             # invites the others, then everyone else registers at once.
@@ -125,18 +124,18 @@ class MeshNet:
         self.chain.transact(dev_account(0), self.chain.token.functions.mint(dev_account(index).address, amount))
 
     def register(self, index: int, price: int = 10, stake: int = 100 * MESH, fund: bool = True,
-                 *extra: str) -> ProviderProc:
+                 group: str | None = None) -> ProviderProc:
         home = self.root / f"provider-{index}"
         home.mkdir(parents=True, exist_ok=True)
         self.deployment.save(home / "deployment.json")
         if fund:
             self.fund(index)
         p = ProviderProc(index, home, free_port())
-        cmd = [sys.executable, "-m", "meshmarket.cli", "provider", "register", "--model", "default", "--price", str(price),
-               "--stake", f"{stake}u", "--port", str(p.port), "--account", f"dev:{index}", *extra]
-        out = subprocess.run(cmd, env=self.env(home), capture_output=True, text=True, timeout=300)
-        if out.returncode != 0:
-            raise RuntimeError(f"provider register failed: {out.stdout}{out.stderr}")
+        # The library call `mesh provider register` makes, in this process (a process per provider
+        # only to register cost ~2 s of imports each); `mesh provider start` stays a process of its own.
+        from meshmarket.provider.runtime import register_provider
+
+        register_provider(self.chain, dev_account(index), "default", price, stake, port=p.port, group=group, home=home)
         self.providers[index] = p
         return p
 

@@ -17,6 +17,7 @@ This module owns:
 from __future__ import annotations
 
 import codecs
+import functools
 import importlib.util
 import threading
 from collections.abc import Generator, Sequence
@@ -47,11 +48,25 @@ FLASH_ATTN = False
 _BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 
 
+_SYSTEM_INFO_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _system_info() -> str:
+    """llama.cpp's system info, read once per process under a lock: llama_print_system_info writes
+    a static buffer, and two threads reading it at once (a launcher registering providers in
+    parallel) got a torn string, hence a build with missing CPU features."""
+    import llama_cpp
+
+    with _SYSTEM_INFO_LOCK:
+        return llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
 def build_of(gpu_layers: int = 0) -> Build:
     """This machine's llama.cpp build and the engine's settings (no model needs to be loaded)."""
     import llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    info = _system_info()
     backend = next((b for b in _BACKENDS if b in info.upper()), "CPU")
     backend = {"METAL": "Metal", "VULKAN": "Vulkan", "HIP": "ROCm"}.get(backend, backend)
     features = sorted({part.split("=")[0].strip() for section in info.split("|")

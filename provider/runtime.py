@@ -61,15 +61,16 @@ class ProviderSettings:
     group: str | None = None
 
     @staticmethod
-    def path(address: str) -> Path:
-        """One file per provider account, so several providers can share a user directory."""
-        d = config.home() / "providers"
-        d.mkdir(exist_ok=True)
+    def path(address: str, home: Path | None = None) -> Path:
+        """One file per provider account, so several providers can share a user directory
+        (`home`: another user directory than this process's, for a launcher of several nodes)."""
+        d = (home or config.home()) / "providers"
+        d.mkdir(parents=True, exist_ok=True)
         return d / f"{address}.json"
 
-    def save(self) -> Path:
+    def save(self, home: Path | None = None) -> Path:
         # Durably and atomically (mesh.files): a crash leaves the old settings or the new, never half.
-        return write_atomic(self.path(self.account), json.dumps(asdict(self), indent=2, sort_keys=True))
+        return write_atomic(self.path(self.account, home), json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def registered(cls) -> list[str]:
@@ -142,10 +143,11 @@ def endpoint_of(manifest: Manifest) -> str:
 def register_provider(chain: Chain, account: LocalAccount, model: str, price: int, stake: int, *,
                       host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 1, gpu_layers: int = 0,
                       ctx: int = DEFAULT_CTX, group: str | None = None,
-                      announce: str | None = None) -> ProviderSettings:
+                      announce: str | None = None, home: Path | None = None) -> ProviderSettings:
     """Register (or re-register) this account for the model file's pool: the open market, or the
     private mesh `group` names. `announce` is the address peers dial when it differs from `host`
-    (a node listening on 0.0.0.0 behind its public address)."""
+    (a node listening on 0.0.0.0 behind its public address). The settings go to `home` (default:
+    this process's user directory)."""
     if price <= 0:
         raise ConfigError("the price must be a positive number of base units per output token", "pass --price N")
     if price > MAX_PRICE:
@@ -173,7 +175,7 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
         mc.stake(account, stake)
     settings = ProviderSettings(account.address, str(model_path), price, host, port, threads, gpu_layers,
                                 manifest.to_dict(), manifest.context_length, group)
-    settings.save()
+    settings.save(home)
     return settings
 
 

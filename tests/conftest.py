@@ -26,12 +26,12 @@ STAKE = 10**9
 
 
 #: How the two xdist workers share the suite (`--dist loadgroup`). A group runs on one worker, one
-#: test after another; everything else goes wherever a worker is free. Groups exist where a test
-#: shares something costly or must not overlap: the shared devnet (`meshnet`: nine provider
-#: processes, started once per worker that needs it, so its tests stay on one worker), and the
-#: modules that mark themselves "processes" (the gateway's devnet, the explorer, network
-#: namespaces, the crash test, the 1,050-peer test). The demo and the CLI tests start their own
-#: small markets and run beside the rest.
+#: test after another; everything else goes wherever a worker is free. Groups exist only where tests
+#: share something costly or must not overlap: the shared devnet (`meshnet`: its provider
+#: processes are started once per worker that needs it, so its tests stay on one worker), the
+#: gateway's devnet (`gateway`: test_gateway.py and the explorer), and `heavy` (the crash test and
+#: the 1,050-peer test, each a core-bound process: one after the other). The demo, the CLI and the
+#: network namespaces start their own small markets and run beside the rest.
 PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py", "test_gateway.py", "test_explorer.py")
 
 

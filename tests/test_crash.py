@@ -66,7 +66,7 @@ KILLS = 54
 #: maxTokens x priceCap = 300 base units: the smallest job a seat may dispute (MarketParams.min_jury_fee).
 MAX_TOKENS = 2
 QUESTION = [("user", "Name a colour.")]
-pytestmark = pytest.mark.xdist_group("processes")  # CPU-bound processes: not beside the devnet tests
+pytestmark = pytest.mark.xdist_group("heavy")  # CPU-bound processes: one after the other with the 1,050-peer test
 
 
 # ------------------------------------------------------------------------------ the processes

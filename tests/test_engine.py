@@ -432,3 +432,22 @@ def test_the_manifest_declares_this_machines_build(engine: LlamaCppEngine, model
     assert build_of(gpu_layers=8).fingerprint != fp  # offloading changes the floats: another build
     again = build_manifest(provider_account, model_path, 10, "127.0.0.1", 4001, threads=4, gpu_layers=0, ctx=2048)
     assert again.build == m.build  # threads and context do not change outputs: not part of the build
+
+
+def test_the_build_is_the_same_read_from_many_threads_at_once():
+    """llama_print_system_info writes a static buffer: 16 threads reading it at once got 12 different
+    strings here. build_of reads it under a lock (a launcher registers providers in parallel threads;
+    a torn read declared a build with missing CPU features, and the provider then refused to start)."""
+    import threading
+
+    from meshmarket.provider.engine import _system_info, build_of
+
+    _system_info.cache_clear()
+    builds = []
+    threads = [threading.Thread(target=lambda: builds.append(build_of(0))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _system_info.cache_clear()
+    assert len(builds) == 16 and set(builds) == {build_of(0)}

@@ -18,7 +18,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 pytestmark = [
-    pytest.mark.xdist_group("processes"),
+    pytest.mark.xdist_group("gateway"),  # beside the gateway tests: two gateway devnets never overlap
     pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"),
 ]

@@ -37,7 +37,7 @@ from meshmarket.mesh.config import Deployment
 from meshmarket.mesh.lifecycle import job_state
 from meshmarket.mesh.protocol import Sampling
 
-pytestmark = pytest.mark.xdist_group("processes")
+pytestmark = pytest.mark.xdist_group("gateway")  # its devnet (a module fixture) is started once, on one worker
 
 CAP = 20  # the gateways' max price per token (the devnet's providers ask 10)
 REQUEST_CAP = 250_000  # 0.25 MESH: a request of 4096 tokens at 20 (x 6 shares: 0.49 MESH) is over it

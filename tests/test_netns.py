@@ -24,8 +24,7 @@ import pytest
 
 from meshmarket.mesh.keys import dev_account
 
-#: The suite's provider processes run one after another on one worker (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("processes")
+# No xdist group: it runs beside the rest (its hosts live in network namespaces of their own).
 
 SUBNET = "10.77.0"
 CHAIN_IP, PROVIDERS_IP, CONSUMER_IP = f"{SUBNET}.1", f"{SUBNET}.2", f"{SUBNET}.3"

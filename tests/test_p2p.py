@@ -1040,7 +1040,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@pytest.mark.xdist_group("processes")  # it starts a process and takes a core: not beside the other heavy tests
+@pytest.mark.xdist_group("heavy")  # it starts a process and takes a core: after (or before) the crash test, never beside it
 def test_a_provider_serves_a_paid_job_after_more_than_1000_fresh_peers(served, engine, tmp_path) -> None:
     """The issue's fault: after ~250 connections in its life a provider refused everyone. Here
     1,050 fresh consumers fetch its manifest, then it serves a paid job (opened, drawn, verified)."""
