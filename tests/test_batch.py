@@ -96,4 +96,4 @@ def test_a_reader_that_stops_reading_holds_up_nobody(batched):
 def test_a_request_over_one_sequences_context_is_refused(batched):
     assert batched.n_ctx == 512
     with pytest.raises(ContextOverflowError):
-        batched.generate(Sampling(prompt="hello", max_tokens=511))
+        batched.generate(Sampling(prompt="hello", max_tokens=512))
