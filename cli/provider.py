@@ -37,12 +37,14 @@ def _account(account_name, chain):
 @click.option("--gpu-layers", type=click.IntRange(0, 10_000), default=0, show_default=True, help="Layers offloaded to a GPU.")
 @click.option("--ctx", type=click.IntRange(16, 1 << 20), default=2048, show_default=True,
               help="Context window the engine runs with, in tokens (capped by the model's).")
+@click.option("--slots", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Jobs generated at once (continuous batching), each with --ctx tokens of context.")
 @click.option("--group", default=None, metavar="NAME",
               help="Join the private mesh NAME (its consumers ask with --group NAME) instead of the open market.")
 @account_option
 @rpc_option
 @json_option
-def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, group, account_name, rpc,
+def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx, slots, group, account_name, rpc,
              as_json) -> None:
     """Register (or re-register) this node's model, price and endpoint on-chain, and stake."""
     from meshmarket.provider.runtime import endpoint_of, register_provider
@@ -51,17 +53,17 @@ def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx
     chain = open_chain(rpc)
     acct = resolve_account(account_name, chain.chain_id)
     settings = register_provider(chain, acct, model, price, stake, host=host, port=port, threads=threads,
-                                 gpu_layers=gpu_layers, ctx=ctx, group=group, announce=announce)
+                                 gpu_layers=gpu_layers, ctx=ctx, group=group, announce=announce, slots=slots)
     m = Manifest.parse(settings.manifest)
     a = MarketClient(chain).account(acct.address)
     if as_json:
         echo_json({"address": acct.address, "model_id": m.model_id, "model_hash": m.model_sha256,
-                   "quantization": m.quantization, "context_length": m.context_length, "group": group,
+                   "quantization": m.quantization, "context_length": m.context_length, "slots": m.slots or 1, "group": group,
                    "build": m.build.fingerprint if m.build else None, "price": price, "endpoint": endpoint_of(m),
                    "listen": f"{host}:{port}", "staked": stake, "stake": a["stake"], "manifest_hash": m.manifest_hash()})
         return
     click.echo(f"registered {acct.address}")
-    click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length})")
+    click.echo(f"  model     {m.model_id} ({m.quantization}, ctx {m.context_length}, {m.slots or 1} slot(s))")
     click.echo(f"            --model {m.model_sha256}")
     click.echo(f"  pool      {'private mesh ' + repr(group) if group else 'the open market'}")
     click.echo(f"  build     {m.build.fingerprint if m.build else '?'}")
@@ -72,28 +74,31 @@ def register(model, price, stake, host, announce, port, threads, gpu_layers, ctx
 
 
 @provider.command()
+@click.option("--slots", type=click.IntRange(1, 256), default=None,
+              help="Serve fewer jobs at once than registered (default: the registered slots).")
 @click.option("--claim-poll", type=click.FloatRange(0.1, 3600), default=15.0, show_default=True,
               help="Seconds between checks of served jobs the consumer has not settled.")
 @account_option
 @rpc_option
-def start(claim_poll: float, account_name, rpc) -> None:
+def start(slots, claim_poll: float, account_name, rpc) -> None:
     """Run the node: serve paid jobs, log each one with tokens and pay. Ctrl-C stops it."""
-    serve(account_name, rpc, claim_poll)
+    serve(account_name, rpc, claim_poll, slots=slots)
 
 
-def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_engine=None) -> None:
+def serve(account_name: str | None, rpc: str | None, claim_poll: float, wrap_engine=None,
+          slots: int | None = None) -> None:
     """`mesh provider start`; the devnet's demo cheater runs through here too, with `wrap_engine`
     altering what the real engine says (cli/devnet.py)."""
     import logging
 
     from meshmarket.provider.engine import LlamaCppEngine
-    from meshmarket.provider.runtime import ProviderSettings, run_provider
+    from meshmarket.provider.runtime import ProviderSettings, engine_for, run_provider
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     chain = open_chain(rpc)
     settings = ProviderSettings.load(_address(account_name) if account_name else None)
     acct = resolve_account(account_name or settings.account, chain.chain_id)
-    engine = None
+    engine = engine_for(settings, slots) if slots is not None else None
     if wrap_engine is not None:
         engine = wrap_engine(LlamaCppEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
                                             n_gpu_layers=settings.gpu_layers), acct.address)

@@ -85,6 +85,8 @@ ZERO_ADDRESS = "0x" + "00" * 20
 
 #: Sampler settings that are not part of a request are part of the protocol: every provider uses
 #: them, or sampled answers differ. They equal llama-cpp-python's create_completion defaults.
+#: The most concurrent jobs a manifest may declare (llama.cpp's LLAMA_MAX_SEQ is 256).
+MAX_SLOTS = 256
 SAMPLER_TOP_K = 40
 SAMPLER_MIN_P = 0.05
 SAMPLER_TYPICAL_P = 1.0
@@ -578,6 +580,10 @@ class Manifest(WireModel):
     #: The build and settings that shape outputs; absent means "undeclared" (a consumer then counts
     #: the seat as a build of its own).
     build: Build | None = None
+    #: How many jobs it generates at once (continuous batching, provider/batch.py), each in its own
+    #: `context_length` cells; absent means one at a time (manifests from before the field hash as
+    #: they were signed).
+    slots: Annotated[Int, Field(ge=1, le=MAX_SLOTS)] | None = None
     #: The checksummed address that must have signed (checksummed as sent: normalising it would
     #: change the signed bytes).
     provider: Text

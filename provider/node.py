@@ -9,7 +9,8 @@ Before any compute the request must pass `JobGate` (the job is open and drawn on
 exactly these parameters, this provider sits in that seat, the peer is the job's consumer, the
 sampling hashes to the job's promptHash, the delivery window is still open) and `ServedJobs`
 (served once per job and seat). What it signed is kept for the claim keeper before it is sent. Inference runs in a worker thread behind the engine's capacity slot: a busy node says
-"busy" at once. trio stays in this module and mesh.p2p; the engine and the chain are synchronous.
+"busy" at once, and so does one consumer asking for more than its fair share (`fair_share`) of a
+batched engine's slots. trio stays in this module and mesh.p2p; the engine and the chain are synchronous.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ def _return_freed_memory() -> None:
     path, in a worker thread."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def fair_share(slots: int) -> int:
+    """The jobs one consumer may run at once on a node with `slots`: half of them, rounded up (all
+    of one slot: with one, there is nothing to share)."""
+    return max(1, (slots + 1) // 2)
 
 
 class JobGate:
@@ -184,6 +191,14 @@ class ProviderService:
     on_job: Callable[[JobLog], None] | None = None
     #: Served jobs are handed here, so the provider is paid even if the consumer never settles.
     claims: ClaimKeeper | None = None
+    #: Jobs one consumer may run at once (None: `fair_share` of the engine's slots), so that one
+    #: consumer cannot hold every slot.
+    per_consumer: int | None = None
+    _running: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def consumer_limit(self) -> int:
+        return self.per_consumer or fair_share(self.engine.slot.capacity)
 
     def attach(self, node: Node) -> None:
         node.serve(INFER_PROTOCOL, self.handle_infer, timeout=REQUEST_TIMEOUT)
@@ -202,14 +217,22 @@ class ProviderService:
             log.info("refused request from %s: %s (%s)", session.remote_address, exc.code, exc)
             raise
         entry = JobLog(req.job_id, req.job.consumer, price=req.job.prices[req.seat])
+        consumer = req.job.consumer
+        if self._running.get(consumer, 0) >= self.consumer_limit:
+            raise ProtocolError("busy", f"this consumer already runs {self.consumer_limit} job(s) here, the most one "
+                                        "consumer may: try another provider or retry")
         if not self.engine.slot.try_acquire():
             raise ProtocolError("busy", "all inference slots are taken: try another provider or retry")
+        self._running[consumer] = self._running.get(consumer, 0) + 1
         try:
             if not self.served.claim(req.job_id, req.seat):
                 raise ProtocolError("replayed", "this job was already served by this provider")
             await self._serve(session, req, entry, t0)
         finally:
             self.engine.slot.release()
+            self._running[consumer] -= 1
+            if not self._running[consumer]:
+                del self._running[consumer]
         await trio.to_thread.run_sync(_return_freed_memory)  # the answer is out: off its path
         if self.on_job:
             self.on_job(entry)

@@ -28,8 +28,9 @@ from meshmarket.mesh.files import write_atomic
 from meshmarket.mesh.market import MAX_PRICE, MarketClient, group_id
 from meshmarket.mesh.p2p import Node, peer_id_for_key
 from meshmarket.mesh.protocol import PROTOCOL_VERSION
-from meshmarket.provider.engine import LlamaCppEngine, build_of, default_model_path
-from meshmarket.mesh.protocol import Hardware, Manifest
+from meshmarket.provider.batch import BatchedEngine
+from meshmarket.provider.engine import InferenceEngine, LlamaCppEngine, build_of, default_model_path
+from meshmarket.mesh.protocol import MAX_SLOTS, Hardware, Manifest
 from meshmarket.provider.modelfile import file_sha256, manifest_for, model_info
 from meshmarket.provider.claims import ClaimKeeper
 from meshmarket.provider.court import CourtKeeper
@@ -59,6 +60,8 @@ class ProviderSettings:
     ctx: int = DEFAULT_CTX
     #: The private mesh joined (None: the open market).
     group: str | None = None
+    #: Jobs generated at once (the manifest's slots), each with `ctx` tokens of context.
+    slots: int = 1
 
     @staticmethod
     def path(address: str, home: Path | None = None) -> Path:
@@ -105,7 +108,7 @@ def resolve_model(model: str) -> Path:
 
 
 def build_manifest(account: LocalAccount, model_path: Path, price: int, host: str, port: int, threads: int,
-                   gpu_layers: int, ctx: int = DEFAULT_CTX) -> Manifest:
+                   gpu_layers: int, ctx: int = DEFAULT_CTX, slots: int = 1) -> Manifest:
     """The signed manifest: model fields from the GGUF file, the context the engine will run with,
     this machine's build and hardware."""
     info = model_info(model_path)
@@ -121,6 +124,7 @@ def build_manifest(account: LocalAccount, model_path: Path, price: int, host: st
         hardware=detect_hardware(threads, gpu_layers),
         provider=account.address,
         issued_at=int(time.time()),
+        slots=slots if slots > 1 else None,  # absent: one at a time, as before the field
     ).sign(account)
 
 
@@ -143,7 +147,8 @@ def endpoint_of(manifest: Manifest) -> str:
 def register_provider(chain: Chain, account: LocalAccount, model: str, price: int, stake: int, *,
                       host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 1, gpu_layers: int = 0,
                       ctx: int = DEFAULT_CTX, group: str | None = None,
-                      announce: str | None = None, home: Path | None = None) -> ProviderSettings:
+                      announce: str | None = None, slots: int = 1,
+                      home: Path | None = None) -> ProviderSettings:
     """Register (or re-register) this account for the model file's pool: the open market, or the
     private mesh `group` names. `announce` is the address peers dial when it differs from `host`
     (a node listening on 0.0.0.0 behind its public address). The settings go to `home` (default:
@@ -156,6 +161,8 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
         raise ConfigError("the stake cannot be negative", "pass --stake N")
     if ctx < 16:
         raise ConfigError("the context must be at least 16 tokens", "pass a larger --ctx")
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ConfigError(f"slots must be 1 to {MAX_SLOTS}", "pass --slots N")
     dialled = announce or host
     try:
         ipaddress.IPv4Address(dialled)
@@ -165,7 +172,7 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
         raise ConfigError(f"{dialled} is not an address peers can dial (it means 'every interface')",
                           "pass --announce with this machine's address on the network the consumers use")
     model_path = resolve_model(model)
-    manifest = build_manifest(account, model_path, price, announce or host, port, threads, gpu_layers, ctx)
+    manifest = build_manifest(account, model_path, price, announce or host, port, threads, gpu_layers, ctx, slots)
     mc = MarketClient(chain)
     if stake:
         chain.require_balance(account.address, stake, "staking")
@@ -174,9 +181,24 @@ def register_provider(chain: Chain, account: LocalAccount, model: str, price: in
     if stake:
         mc.stake(account, stake)
     settings = ProviderSettings(account.address, str(model_path), price, host, port, threads, gpu_layers,
-                                manifest.to_dict(), manifest.context_length, group)
+                                manifest.to_dict(), manifest.context_length, group, slots)
     settings.save(home)
     return settings
+
+
+def engine_for(settings: ProviderSettings, slots: int | None = None) -> InferenceEngine:
+    """The engine a provider runs: one job at a time (LlamaCppEngine) for one slot, else the
+    continuously batched engine with `slots` sequences of `ctx` tokens each. `slots` may be fewer
+    than the manifest declares (never more: consumers plan by what is declared)."""
+    slots = settings.slots if slots is None else slots
+    if not 1 <= slots <= settings.slots:
+        raise ConfigError(f"this node is registered for at most {settings.slots} slots, not {slots}",
+                          "run `mesh provider register --slots N` again")
+    if slots == 1:
+        return LlamaCppEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
+                              n_gpu_layers=settings.gpu_layers)
+    return BatchedEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
+                         n_gpu_layers=settings.gpu_layers, slots=slots)
 
 
 class ListingWatch:
@@ -219,8 +241,7 @@ def run_provider(chain: Chain, account: LocalAccount, settings: ProviderSettings
     if manifest.build is not None and manifest.build != build_of(settings.gpu_layers):
         raise ConfigError("llama.cpp or its settings changed since registration (the manifest declares another build)",
                           "run `mesh provider register` again")
-    engine = engine or LlamaCppEngine(settings.model_path, n_ctx=settings.ctx, n_threads=settings.threads,
-                                      n_gpu_layers=settings.gpu_layers)
+    engine = engine or engine_for(settings)
     state = config.home() / f"provider-{account.address}"
     state.mkdir(exist_ok=True)
     keeper = ClaimKeeper(chain, account, on_event=on_claim, path=state / "claims.json")

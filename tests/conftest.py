@@ -39,8 +39,8 @@ PROCESS_TESTS = ("test_demo.py", "test_cli.py", "test_netns.py", "test_gateway.p
 #: session's Anvil and SQLite, without a provider process, the model, PostgreSQL or a browser.
 #: Everything is still in the full suite; this is the tier a developer runs after each change.
 SLOW_FIXTURES = frozenset({"meshnet", "engine", "served", "served_session", "pg_cluster", "pg_url"})
-SLOW_FILES = frozenset({*PROCESS_TESTS, "test_crash.py", "test_invariants.py", "test_engine.py", "test_scorer.py",
-                        "test_prompt.py", "test_fuzz.py", "test_artifacts.py", "test_attacks.py"})
+SLOW_FILES = frozenset({*PROCESS_TESTS, "test_crash.py", "test_invariants.py", "test_engine.py", "test_batch.py",
+                        "test_scorer.py", "test_prompt.py", "test_fuzz.py", "test_artifacts.py", "test_attacks.py"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids

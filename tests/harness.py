@@ -147,12 +147,13 @@ Body = Callable[[Node, dict[int, Running]], Awaitable[object]]
 
 @contextmanager
 def providers(served: Served, engine, state: Path, idx: Sequence[int] = (1, 2, 3, 4),
-              consumer: LocalAccount = CONSUMER) -> Iterator[Callable[[Body], object]]:
+              consumer: LocalAccount = CONSUMER, own_slots: bool = True) -> Iterator[Callable[[Body], object]]:
     """`run(body)` starts providers dev:i (i in idx) and the consumer's node in one trio run,
     awaits `body(consumer_node, {i: Running})` and stops everything. Each provider keeps its state
     (served.log, claims.json) in `state`/p<i>: a second `providers(...)` on the same `state` is the
-    same providers restarted."""
-    engines = {i: OwnSlot(engine) for i in idx}
+    same providers restarted. `own_slots=False` gives the engine itself (and its slots) to the one
+    provider it serves (a batched engine's test)."""
+    engines = {i: OwnSlot(engine) if own_slots else engine for i in idx}
 
     def run(body: Body) -> object:
         async def main():
