@@ -367,9 +367,10 @@ def models(no_dial: bool, rpc: str | None, as_json: bool) -> None:
     from meshmarket.cli.common import open_chain
     from meshmarket.consumer.discovery import discover
     from meshmarket.consumer.selection import Selector
+    from meshmarket.mesh.events import registrations
 
     chain = open_chain(rpc)
-    hashes = dict.fromkeys(bytes(args["modelHash"]) for args in chain.registrations())
+    hashes = dict.fromkeys(bytes(args["modelHash"]) for args in registrations(chain))
     selector = Selector.open(chain, on_warning=lambda msg: click.echo(msg, err=True))
     scores = selector.scores() if selector.synced else {}
     selector.close()

@@ -12,6 +12,7 @@ from eth_utils import to_checksum_address
 
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import TooFewProviders
+from meshmarket.mesh.events import registrations
 from meshmarket.mesh.market import MarketClient
 from meshmarket.mesh.types import format_price
 
@@ -40,7 +41,7 @@ def discover(chain: Chain, model_hash: bytes, group: bytes | None = None) -> lis
     """Current offers for `model_hash` (in `group` if given): the last ProviderRegistered event of
     each provider that is still its listing on-chain (a later registration elsewhere, or a
     deregistration, wins)."""
-    latest = {to_checksum_address(args["provider"]): args for args in chain.registrations(model_hash)}
+    latest = {to_checksum_address(args["provider"]): args for args in registrations(chain, model_hash)}
     offers = []
     mc = MarketClient(chain)
     for address, args in latest.items():

@@ -257,14 +257,6 @@ class Chain:
         can be old; the next block takes the current time)."""
         return max(self.latest_time(), int(time.time()))
 
-    def registrations(self, model_hash: bytes | None = None) -> list[dict]:
-        """Every ProviderRegistered event since the registry was deployed (for one model if given),
-        in chain order, as dicts of the event's arguments."""
-        filters = {"modelHash": model_hash} if model_hash is not None else None
-        logs = self.registry.events.ProviderRegistered.get_logs(
-            from_block=self.deployment.start_block or self.deployment.block, argument_filters=filters)
-        return [dict(log["args"]) for log in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))]
-
     def require_balance(self, address: str, amount: int, what: str) -> None:
         have = self.balance(address)
         if have < amount:

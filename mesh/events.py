@@ -180,3 +180,10 @@ def get_events(chain: Chain, names: Iterable[str], from_block: int, to_block: in
                                   "fromBlock": from_block, "toBlock": to_block, "topics": topics})
     found = [e for e in map(dec.decode, logs) if e is not None]
     return sorted(found, key=lambda e: (e.block_number, e.log_index))
+
+
+def registrations(chain: Chain, model_hash: bytes | None = None) -> list[Mapping[str, Any]]:
+    """The arguments of every ProviderRegistered event since the registry was deployed (for one
+    model if given), in chain order."""
+    start = chain.deployment.start_block or chain.deployment.block
+    return [e.args for e in get_events(chain, ["ProviderRegistered"], start, "latest", None, model_hash)]

@@ -2,7 +2,7 @@
 which build. Kept in memory and refreshed in the background, so a request never waits for
 discovery or a manifest fetch.
 
-    chain.registrations()  -> the model hashes ever registered
+    registrations(chain)  -> the model hashes ever registered
     discover(chain, hash)  -> each model's current offers (price, endpoint, free stake)
     fetch_manifest(...)    -> each offer's signed manifest, checked against its registered hash and
                               cached by that hash (a manifest never changes under the same hash)
@@ -25,6 +25,7 @@ from meshmarket.consumer.client import fetch_manifest
 from meshmarket.consumer.discovery import Offer, discover
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import MeshError
+from meshmarket.mesh.events import registrations
 from meshmarket.mesh.p2p import Node
 from meshmarket.mesh.protocol import Manifest
 
@@ -136,7 +137,7 @@ class Catalog:
             self.refreshed_at = time.time()
 
     def _discover(self) -> dict[bytes, list[Offer]]:
-        hashes = dict.fromkeys(bytes(args["modelHash"]) for args in self.chain.registrations())
+        hashes = dict.fromkeys(bytes(args["modelHash"]) for args in registrations(self.chain))
         return {h: discover(self.chain, h, self.group) for h in hashes}
 
     async def _manifest(self, entry: ModelEntry, offer: Offer) -> None:
