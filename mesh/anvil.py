@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import socket
 import subprocess
 import time
@@ -47,7 +48,32 @@ def find_anvil() -> Path:
     raise ConfigError("Anvil is not installed", "run the README's set-up command (it runs `npm ci`)")
 
 
+#: Ports handed out for local listeners come from below the kernel's ephemeral range: a port the
+#: kernel picked for bind(0) is in the range outgoing connections draw from, and one of those took
+#: such a port between the pick and the listener's bind (a provider then failed with "address in use").
+LISTEN_PORTS_FROM = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, chosen at random below the ephemeral range
+    (so no outgoing connection takes it before it is bound); the kernel's pick if none is found."""
+    rng = random.SystemRandom()
+    high = _ephemeral_low()
+    for _ in range(100 if high > LISTEN_PORTS_FROM + 1000 else 0):
+        port = rng.randrange(LISTEN_PORTS_FROM, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

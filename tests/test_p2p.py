@@ -13,7 +13,6 @@ and verify the provider's manifest.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import threading
 import time
@@ -39,6 +38,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from meshmarket.mesh.anvil import free_port
 from meshmarket.mesh.p2p import (
     LIBP2P_CHECKED,
     LIBP2P_PATCHED,
@@ -486,10 +486,7 @@ def test_failed_dial_does_not_blacklist_the_peer() -> None:
     must be reachable as soon as it is back."""
 
     async def main() -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
         addrs = [f"/ip4/127.0.0.1/tcp/{port}"]
         async with Node.start(CLIENT_KEY) as client:
             with pytest.raises(ConnectFailed):
