@@ -45,7 +45,6 @@ JOB_SLOT_RANGE = range(16)
 #: A draw's cost depends on its seed (rejection sampling: up to 64 attempts), which uses the block's
 #: prevrandao: unknown when the gas is estimated, so draws get this much gas on top of the estimate.
 DRAW_GAS_MARGIN = 150_000
-from meshmarket.mesh.limits import MAX_PRICE  # noqa: E402,F401 — re-exported
 
 
 def group_id(name: str | None) -> bytes:

@@ -25,7 +25,8 @@ from meshmarket.mesh import config
 from meshmarket.mesh.chain import Chain
 from meshmarket.mesh.errors import ConfigError
 from meshmarket.mesh.files import write_atomic
-from meshmarket.mesh.market import MAX_PRICE, MarketClient, group_id
+from meshmarket.mesh.limits import MAX_PRICE
+from meshmarket.mesh.market import MarketClient, group_id
 from meshmarket.mesh.p2p import Node, peer_id_for_key
 from meshmarket.mesh.protocol import PROTOCOL_VERSION
 from meshmarket.provider.batch import BatchedEngine

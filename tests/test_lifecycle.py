@@ -27,7 +27,6 @@ from meshmarket.mesh.events import Event
 from meshmarket.mesh.lifecycle import (
     DRAW_WINDOW,
     Action,
-    Contest,
     Deadlines,
     JobState,
     consumer_action,
